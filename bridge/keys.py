@@ -1,0 +1,96 @@
+"""Every Redis key the bridge uses, in one place.
+
+All keys live under one configurable prefix (``RedisSettings.key_prefix``, default
+``mwl``) so several bridges can share a Redis and an operator can find everything
+with one ``SCAN MATCH prefix:*``. rq's own keys (``rq:*``) are outside the prefix;
+the rq queue *name* is derived from the prefix instead (:meth:`Keys.queue_name`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key templates bound to one prefix."""
+
+    prefix: str = "mwl"
+
+    # -- intake (listener → workers) -------------------------------------------------
+    def message(self, message_id: str) -> str:
+        """Hash: raw HL7 bytes (``raw``) and MSH metadata of one received message."""
+        return f"{self.prefix}:msg:{message_id}"
+
+    def dedupe(self, sender: str, control_id: str) -> str:
+        """String ``<sha256>|<message_id>`` for MSH-3+MSH-4 (``sender``) + MSH-10, with TTL."""
+        return f"{self.prefix}:dedupe:{sender}:{control_id}"
+
+    @property
+    def ingest_order(self) -> str:
+        """List of message ids in ACK order; the workers' sequencer applies its head first."""
+        return f"{self.prefix}:ingest"
+
+    def parsed(self, message_id: str) -> str:
+        """String (JSON): the mapped operations of a parsed message awaiting its turn."""
+        return f"{self.prefix}:parsed:{message_id}"
+
+    def result(self, message_id: str) -> str:
+        """List: the worker pushes the application outcome here (``--ack-mode application``)."""
+        return f"{self.prefix}:result:{message_id}"
+
+    @property
+    def apply_lock(self) -> str:
+        """String lock held by the worker currently applying parsed messages in order."""
+        return f"{self.prefix}:lock:apply"
+
+    @property
+    def sequence(self) -> str:
+        """Counter: ingest sequence numbers (monotonic, one per accepted message)."""
+        return f"{self.prefix}:seq"
+
+    def queue_name(self) -> str:
+        """rq queue name for parse/map jobs."""
+        return f"{self.prefix}-ingest"
+
+    # -- dead letters -----------------------------------------------------------------
+    @property
+    def deadletter_index(self) -> str:
+        """Sorted set of dead-letter ids scored by time (bounded; oldest trimmed)."""
+        return f"{self.prefix}:deadletters"
+
+    def deadletter(self, dead_id: str) -> str:
+        """Hash: raw bytes, reason, HL7 error code, stage and metadata of one rejected message."""
+        return f"{self.prefix}:dl:{dead_id}"
+
+    # -- worklist store ----------------------------------------------------------------
+    def item(self, item_id: str) -> str:
+        """String (JSON): one worklist item (one Scheduled Procedure Step)."""
+        return f"{self.prefix}:item:{item_id}"
+
+    def item_indexes(self, item_id: str) -> str:
+        """String (JSON list): the index set keys an item is a member of (for clean removal)."""
+        return f"{self.prefix}:itemidx:{item_id}"
+
+    @property
+    def index_start(self) -> str:
+        """Sorted set: item id scored by SPS start as the number YYYYMMDDHHMMSS."""
+        return f"{self.prefix}:idx:start"
+
+    def index(self, field: str, value: str) -> str:
+        """Set of item ids whose ``field`` (see ``store.INDEXED_FIELDS``) equals ``value``."""
+        return f"{self.prefix}:idx:{field}:{value}"
+
+    def order(self, order_key: str) -> str:
+        """Hash: lifecycle state of one order (placer/filler numbers), e.g. last status."""
+        return f"{self.prefix}:order:{order_key}"
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set: item id scored by the epoch second at which it is purged."""
+        return f"{self.prefix}:expiry"
+
+    # -- liveness ----------------------------------------------------------------------
+    def heartbeat(self, role: str, instance: str) -> str:
+        """String with TTL: a running listener/worker/scp instance announces itself."""
+        return f"{self.prefix}:hb:{role}:{instance}"

@@ -1,0 +1,81 @@
+"""Logging set-up (called only by the CLI): one line per event, key=value or JSON.
+
+Modules log events as ``log.info("ack.sent", extra={"fields": {...}})``: the message is
+a stable event name and ``fields`` carries metadata (control ids, sizes, codes,
+latencies). Patient data never goes into ``fields`` at INFO or above; code that wants
+to show content at DEBUG calls :func:`phi` so it appears only when ``obs.log_phi`` is on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_PHI_ENABLED = False
+
+
+def phi(value: object) -> str:
+    """``value`` when PHI logging is enabled (DEBUG only), else a redaction marker."""
+    return str(value) if _PHI_ENABLED else "<phi>"
+
+
+def fields(**kv: Any) -> dict[str, Any]:
+    """``extra=`` payload for a log call: ``log.info("x", extra=fields(a=1))``."""
+    return {"fields": kv}
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        kv: dict[str, Any] = getattr(record, "fields", {}) or {}
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ts += f".{int(record.msecs):03d}Z"
+        if self.as_json:
+            doc = {
+                "ts": ts,
+                "level": record.levelname,
+                "logger": record.name,
+                "event": record.getMessage(),
+                **kv,
+            }
+            if record.exc_info:
+                doc["exc"] = self.formatException(record.exc_info)
+            return json.dumps(doc, default=str, ensure_ascii=False)
+        parts = [ts, record.levelname, record.name, record.getMessage()]
+        parts += [f"{k}={_quote(v)}" for k, v in kv.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _quote(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (" " in text or not text) else text
+
+
+def configure(level: str = "INFO", fmt: str = "text", log_phi: bool = False) -> None:
+    """Install the one handler on the root logger. PHI is only ever shown at DEBUG."""
+    global _PHI_ENABLED
+    _PHI_ENABLED = log_phi and level == "DEBUG"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(as_json=fmt == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pynetdicom logs whole C-FIND identifiers (patient names, IDs) at INFO by default.
+    try:
+        from pynetdicom import _config as pnd_config
+
+        pnd_config.LOG_REQUEST_IDENTIFIERS = False
+        pnd_config.LOG_RESPONSE_IDENTIFIERS = False
+    except ImportError:  # pragma: no cover - pynetdicom is a hard dependency
+        pass
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("hl7apy").setLevel(logging.WARNING)

@@ -1,0 +1,368 @@
+"""Typed settings, layered once: defaults → TOML file → environment → flags.
+
+Each section is a frozen dataclass; units are in the names (``_s``, ``_bytes``). A
+setting ``section.field`` is read from the TOML table ``[section]`` key ``field``, from
+the environment variable ``MWL_BRIDGE_SECTION_FIELD`` (plus the short aliases in
+:data:`ENV_ALIASES`, e.g. ``REDIS_URL``), and from the command-line flag the CLI maps to
+it. :func:`load_settings` validates the merged result and raises :class:`ConfigError`
+naming the key and the allowed values, so ``mwl-bridge`` can exit with code 2 before
+anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bridge.errors import ConfigError
+
+DEFAULT_CONFIG_ENV = "MWL_BRIDGE_CONFIG"
+ENV_PREFIX = "MWL_BRIDGE_"
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the durable queue and the worklist live."""
+
+    #: ``redis://``, ``rediss://`` or ``unix://`` URL; empty = start an embedded redis-server.
+    url: str = ""
+    #: Prefix of every key the bridge writes (see ``bridge.keys``).
+    key_prefix: str = "mwl"
+    #: Socket timeout of every Redis call; a timeout is a transient failure (NAK 207 / A700).
+    socket_timeout_s: float = 5.0
+    #: Data directory of the embedded redis-server (AOF files); empty = user data dir.
+    data_dir: str = ""
+    #: redis-server binary for the embedded server; empty = search PATH and known packages.
+    server_binary: str = ""
+
+
+@dataclass(frozen=True)
+class MllpSettings:
+    """The MLLP listener (the HL7 front door)."""
+
+    host: str = "0.0.0.0"
+    port: int = 2575
+    #: Frames larger than this are NAKed (AR 207) and the connection closed.
+    max_frame_bytes: int = 1024 * 1024
+    #: A connection with no traffic for this long is closed (0 = never).
+    idle_timeout_s: float = 600.0
+    #: Once a start block (VT) arrived, the frame must complete within this time.
+    frame_timeout_s: float = 30.0
+    max_connections: int = 64
+    #: Accept VT…FS without the final CR (some senders omit it).
+    accept_missing_final_cr: bool = False
+    #: MSH-9 message type^trigger values accepted; others get AR 200/201.
+    accepted_message_types: tuple[str, ...] = ("ORM^O01",)
+    #: MSH-12 versions accepted ("2.3.0" is read as "2.3"); others get AR 203.
+    accepted_versions: tuple[str, ...] = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+    #: MSH-11 processing ids accepted (P production, D debugging, T training); else AR 202.
+    accepted_processing_ids: tuple[str, ...] = ("P", "D", "T")
+    #: commit = ACK once durably stored; application = wait for the worker's mapping result.
+    ack_mode: str = field(default="commit", metadata=_choices("commit", "application"))
+    #: How long ``ack_mode=application`` waits for the worker before answering AA anyway.
+    application_ack_timeout_s: float = 10.0
+    #: Resends of the same MSH-3+MSH-4+MSH-10 with the same content within this window
+    #: are ACKed again and not queued again.
+    dedupe_retention_s: int = 7 * 24 * 3600
+    #: ACK code sent for a reject (bad type/version/processing id, transient failure).
+    reject_code: str = field(default="AR", metadata=_choices("AR", "AE"))
+    #: ACK code sent for a content error (duplicate control id with other content, ...).
+    error_code: str = field(default="AE", metadata=_choices("AE", "AR"))
+    #: Answer enhanced-mode (MSH-15/16 valued) senders with CA/CE/CR per MSH-15.
+    enhanced_mode: bool = True
+    #: Default charset (HL7 table 0211 name) when MSH-18 is empty, for the ACK encoding.
+    default_charset: str = "8859/1"
+    #: PEM certificate + key enable TLS; a client CA file additionally requires client certs.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """rq workers: parse, map, apply the order lifecycle."""
+
+    #: Worker processes started by ``mwl-bridge run``.
+    workers: int = 2
+    #: Default mapping file; empty = the shipped IHE mapping ``mappings/ihe-rad.yaml``.
+    mapping: str = ""
+    #: Per-sender mapping files: ``MSH3[|MSH4]=path`` entries.
+    sender_mappings: dict[str, str] = field(default_factory=dict)
+    #: Charset (HL7 table 0211 name) assumed when MSH-18 is empty.
+    default_charset: str = "8859/1"
+    #: IANA zone that DICOM DA/TM values are expressed in (HL7 TS offsets are converted).
+    local_timezone: str = "UTC"
+    #: Attempts for a job that fails transiently (Redis down) before it is dead-lettered.
+    max_retries: int = 5
+    #: Seconds a finished item stays (hidden) before purge, per final SPS status.
+    retention_completed_s: int = 24 * 3600
+    retention_canceled_s: int = 600
+    retention_discontinued_s: int = 600
+
+
+@dataclass(frozen=True)
+class ScpSettings:
+    """The Modality Worklist C-FIND SCP."""
+
+    host: str = "0.0.0.0"
+    port: int = 11112
+    ae_title: str = "MWL_BRIDGE"
+    #: Calling AE titles allowed to associate; empty = anyone.
+    allowed_calling_aes: tuple[str, ...] = ()
+    max_associations: int = 20
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 30.0
+    network_timeout_s: float = 60.0
+    #: A query matching more items than this is refused with A700 (never truncated).
+    max_results: int = 2000
+    #: PN single-value/wildcard matching ignores case (PS3.4 C.2.2.2.1 leaves it to the SCP).
+    pn_case_insensitive: bool = True
+    pn_accent_insensitive: bool = False
+    #: SPS statuses hidden unless the query matches on SPS Status explicitly.
+    hide_statuses: tuple[str, ...] = ("COMPLETED", "CANCELED", "DISCONTINUED")
+    #: When the query leaves Scheduled Station AE Title universal, match the calling AE.
+    calling_ae_as_station: bool = False
+    #: Each called AE title serves its own logical worklist (items carry a worklist label).
+    per_called_ae_worklists: bool = False
+    #: Response character set: ``query`` (the query's if it can encode the item, else
+    #: ISO_IR 192) or a DICOM defined term to force, e.g. ``ISO_IR 100``.
+    response_charset: str = "query"
+    #: Per calling AE overrides of ``response_charset``: ``AE=ISO_IR 100``.
+    response_charset_by_ae: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ObservabilitySettings:
+    """Logging, metrics and health endpoints."""
+
+    log_level: str = field(default="INFO", metadata=_choices("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = field(default="text", metadata=_choices("text", "json"))
+    #: Allow patient data in DEBUG logs. Never affects INFO and above.
+    log_phi: bool = False
+    #: Prometheus metrics + /healthz + /readyz HTTP port; 0 = off.
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    mllp: MllpSettings = field(default_factory=MllpSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    scp: ScpSettings = field(default_factory=ScpSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+#: Short environment names that mirror the documented flags.
+ENV_ALIASES: dict[str, str] = {
+    "REDIS_URL": "redis.url",
+    "MLLP_HOST": "mllp.host",
+    "MLLP_PORT": "mllp.port",
+    "DICOM_PORT": "scp.port",
+    "AE_TITLE": "scp.ae_title",
+    "MAPPING": "worker.mapping",
+}
+
+_PORT_KEYS = {"mllp.port", "scp.port", "obs.metrics_port"}
+
+
+def _section_class(name: str) -> type:
+    cls = {
+        "redis": RedisSettings,
+        "mllp": MllpSettings,
+        "worker": WorkerSettings,
+        "scp": ScpSettings,
+        "obs": ObservabilitySettings,
+    }.get(name)
+    if cls is None:
+        raise ConfigError(name, f"unknown section; allowed: {', '.join(SECTIONS)}")
+    return cls
+
+
+def _field(key: str) -> dataclasses.Field[Any]:
+    section, _, name = key.partition(".")
+    cls = _section_class(section)
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    allowed = ", ".join(f"{section}.{f.name}" for f in dataclasses.fields(cls))
+    raise ConfigError(key, f"unknown setting; allowed: {allowed}")
+
+
+def all_keys() -> list[str]:
+    """Every ``section.field`` key, in declaration order."""
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_class(s))]
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _coerce(key: str, raw: Any) -> Any:
+    """Convert a TOML/env/flag value to the field's declared type."""
+    f = _field(key)
+    hint = typing.get_type_hints(_section_class(key.split(".")[0]))[f.name]
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if hint is int:
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(str(raw).strip(), 10) if not isinstance(raw, int) else raw
+        if hint is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if hint is str:
+            if not isinstance(raw, str | int | float):
+                raise ValueError("expected a string")
+            return str(raw)
+        if origin is tuple:
+            if isinstance(raw, str):
+                return tuple(p.strip() for p in raw.split(",") if p.strip())
+            if isinstance(raw, list | tuple):
+                return tuple(str(p) for p in raw)
+            raise ValueError("expected a list or a comma-separated string")
+        if origin is dict:
+            if isinstance(raw, Mapping):
+                return {str(k): str(v) for k, v in raw.items()}
+            if isinstance(raw, str):
+                out: dict[str, str] = {}
+                for part in filter(None, (p.strip() for p in raw.split(","))):
+                    k, sep, v = part.partition("=")
+                    if not sep:
+                        raise ValueError(f"expected KEY=VALUE, got {part!r}")
+                    out[k.strip()] = v.strip()
+                return out
+            raise ValueError("expected a table or KEY=VALUE,KEY=VALUE")
+        if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
+            return raw
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"{raw!r} is not valid: {exc}") from None
+    raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _validate(key: str, value: Any) -> None:
+    f = _field(key)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(key, f"{value!r} is not one of: {', '.join(choices)}")
+    if key in _PORT_KEYS and not 0 <= value <= 65535:
+        raise ConfigError(key, f"{value} is not a TCP port (0-65535; 0 = any free port)")
+    counted = ("_s", "_bytes", "max_connections", "max_associations", "max_results", "workers")
+    if key.endswith(counted) and value < 0:
+        raise ConfigError(key, f"{value} must not be negative")
+    if key in ("mllp.max_frame_bytes", "mllp.max_connections", "scp.max_associations") and (
+        value < 1
+    ):
+        raise ConfigError(key, f"{value} must be at least 1")
+    if key == "scp.ae_title" and (not value.strip() or len(value) > 16 or "\\" in value):
+        raise ConfigError(key, f"{value!r} is not a DICOM AE title (1-16 chars, no '\\')")
+    if key == "redis.url" and value:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                key, f"{mask_url(value)!r} is not a redis://, rediss:// or unix:// URL"
+            )
+    if key == "worker.local_timezone":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(key, f"{value!r} is not an IANA time zone") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and flags into :class:`Settings`.
+
+    ``flags`` maps ``section.field`` to values already parsed by argparse (None = not
+    given). ``config_file`` defaults to ``$MWL_BRIDGE_CONFIG`` when set.
+    """
+    env = os.environ if env is None else env
+    merged: dict[str, Any] = {}
+
+    path = config_file or env.get(DEFAULT_CONFIG_ENV) or ""
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("config", f"file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(section, f"in {path}: expected a [{section}] table")
+            _section_class(section)
+            for name, raw in table.items():
+                merged[f"{section}.{name}"] = _coerce(f"{section}.{name}", raw)
+
+    for key in all_keys():
+        name = env_name(key)
+        if name in env:
+            merged[key] = _coerce(key, env[name])
+    for alias, key in ENV_ALIASES.items():
+        if alias in env and env_name(key) not in env:
+            merged[key] = _coerce(key, env[alias])
+
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            merged[key] = _coerce(key, raw)
+
+    for key, value in merged.items():
+        _validate(key, value)
+
+    sections: dict[str, Any] = {}
+    for section in SECTIONS:
+        values = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(section + ".")}
+        sections[section] = _section_class(section)(**values)
+    return Settings(**sections)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for logs and banners)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Flat ``section.field → value`` view with secrets masked, for the start-up log."""
+    out: dict[str, Any] = {}
+    for section in SECTIONS:
+        for f in dataclasses.fields(_section_class(section)):
+            value = getattr(getattr(settings, section), f.name)
+            if f.name == "url" and value:
+                value = mask_url(value)
+            out[f"{section}.{f.name}"] = value
+    return out

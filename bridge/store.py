@@ -1,0 +1,293 @@
+"""The worklist store in Redis: one JSON record per Scheduled Procedure Step plus indexes.
+
+Layout (templates in :mod:`bridge.keys`):
+
+* ``item:<id>`` — the :class:`~bridge.worklist.WorklistItem` as JSON;
+* ``idx:start`` — sorted set, score = SPS start as the number ``YYYYMMDDHHMMSS``;
+* ``idx:<field>:<value>`` — sets of ids for the equality indexes in :data:`INDEXED_FIELDS`;
+* ``itemidx:<id>`` — the index keys an item is in, so an update removes stale entries;
+* ``expiry`` — sorted set, score = epoch second at which a finished item is purged.
+
+Writes go through one Lua script per batch, so a reader never sees an item without its
+indexes or an index entry without its item, and all items of one HL7 message change
+together. The scripts touch keys they compute, so the store needs a single Redis (or
+Sentinel / a managed primary), not Redis Cluster.
+
+Reads plan a query from index cardinalities: the smallest candidate set drives, the
+other criteria filter it server-side (``SMISMEMBER`` / ``ZMSCORE``), and only then are
+items loaded — a query loads every item only when it is truly universal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import redis
+
+from bridge.errors import StoreUnavailable
+from bridge.keys import Keys
+from bridge.worklist import WorklistItem
+
+#: Equality indexes: field name → what it holds.
+INDEXED_FIELDS: dict[str, str] = {
+    "station": "Scheduled Station AE Title (0040,0001), each value of a multi-valued one",
+    "modality": "Modality (0008,0060) of the SPS",
+    "spsid": "Scheduled Procedure Step ID (0040,0009)",
+    "pid": "Patient ID (0010,0020)",
+    "acc": "Accession Number (0008,0050)",
+    "rpid": "Requested Procedure ID (0040,1001)",
+    "suid": "Study Instance UID (0020,000D)",
+    "status": "Scheduled Procedure Step Status (0040,0020)",
+    "worklist": "logical worklist label (per called AE); '' = default",
+    "order": "order key (sender + placer/filler order numbers)",
+}
+
+_LOAD_CHUNK = 256
+
+# KEYS[1] = idx:start, KEYS[2] = expiry. ARGV[1] = JSON
+# {"upserts": [{"id", "key", "idxkey", "json", "indexes": [...], "score", "expire_at"}],
+#  "deletes": [{"id", "key", "idxkey"}]}
+_APPLY_LUA = """
+local batch = cjson.decode(ARGV[1])
+local function unindex(id, idxkey)
+  local old = redis.call('GET', idxkey)
+  if old then
+    for _, k in ipairs(cjson.decode(old)) do redis.call('SREM', k, id) end
+  end
+end
+for _, d in ipairs(batch.deletes) do
+  unindex(d.id, d.idxkey)
+  redis.call('DEL', d.key, d.idxkey)
+  redis.call('ZREM', KEYS[1], d.id)
+  redis.call('ZREM', KEYS[2], d.id)
+end
+for _, u in ipairs(batch.upserts) do
+  unindex(u.id, u.idxkey)
+  for _, k in ipairs(u.indexes) do redis.call('SADD', k, u.id) end
+  redis.call('SET', u.key, u.json)
+  redis.call('SET', u.idxkey, cjson.encode(u.indexes))
+  redis.call('ZADD', KEYS[1], u.score, u.id)
+  if u.expire_at > 0 then
+    redis.call('ZADD', KEYS[2], u.expire_at, u.id)
+  else
+    redis.call('ZREM', KEYS[2], u.id)
+  end
+end
+return #batch.upserts + #batch.deletes
+"""
+
+
+@dataclass(frozen=True)
+class CandidateQuery:
+    """What the indexes can answer; the pure matcher decides the rest.
+
+    ``equals`` maps an index field to accepted values (OR within a field, AND across
+    fields); ``exclude`` removes items whose field has one of the values (e.g. hidden
+    SPS statuses); ``start_min``/``start_max`` bound the SPS start (inclusive,
+    ``YYYYMMDDHHMMSS`` numbers).
+    """
+
+    equals: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    exclude: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    start_min: int | None = None
+    start_max: int | None = None
+
+    @property
+    def has_range(self) -> bool:
+        return self.start_min is not None or self.start_max is not None
+
+
+class WorklistStore:
+    """Indexed worklist items in Redis (sync client: workers, SCP threads, admin CLI)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._r = client
+        self._keys = keys
+        self._apply = client.register_script(_APPLY_LUA)
+
+    @property
+    def keys(self) -> Keys:
+        return self._keys
+
+    # -- writes -----------------------------------------------------------------------
+    def apply(
+        self,
+        upserts: Iterable[WorklistItem] = (),
+        deletes: Iterable[str] = (),
+        expire_at: dict[str, float] | None = None,
+    ) -> int:
+        """Atomically write ``upserts`` (with their indexes) and remove ``deletes``.
+
+        ``expire_at`` maps item ids to the epoch second at which :meth:`purge_expired`
+        removes them (finished items); items not in it lose any earlier expiry.
+        """
+        expire_at = expire_at or {}
+        k = self._keys
+        batch = {
+            "upserts": [
+                {
+                    "id": it.item_id,
+                    "key": k.item(it.item_id),
+                    "idxkey": k.item_indexes(it.item_id),
+                    "json": it.to_json(),
+                    "indexes": sorted({k.index(f, v) for f, v in it.index_entries()}),
+                    "score": it.start_key,
+                    "expire_at": int(expire_at.get(it.item_id, 0)),
+                }
+                for it in upserts
+            ],
+            "deletes": [{"id": i, "key": k.item(i), "idxkey": k.item_indexes(i)} for i in deletes],
+        }
+        if not batch["upserts"] and not batch["deletes"]:
+            return 0
+        # cjson decodes [] as an empty table, which ipairs handles; keep explicit lists.
+        try:
+            return int(self._apply(keys=[k.index_start, k.expiry], args=[json.dumps(batch)]))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"worklist write failed: {exc}") from exc
+
+    def upsert(self, item: WorklistItem) -> None:
+        self.apply(upserts=[item])
+
+    def delete(self, item_ids: Iterable[str]) -> int:
+        return self.apply(deletes=list(item_ids))
+
+    def purge_expired(self, now: float) -> int:
+        """Remove finished items whose retention ended before ``now`` (epoch seconds)."""
+        try:
+            ids = [i.decode() for i in self._r.zrangebyscore(self._keys.expiry, 0, now)]
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return self.delete(ids) if ids else 0
+
+    # -- reads ------------------------------------------------------------------------
+    def get(self, item_id: str) -> WorklistItem | None:
+        try:
+            raw = self._r.get(self._keys.item(item_id))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return WorklistItem.from_json(raw) if raw else None
+
+    def ids_for(self, fld: str, value: str) -> list[str]:
+        """Ids in one equality index (e.g. every item of an order)."""
+        try:
+            return sorted(m.decode() for m in self._r.smembers(self._keys.index(fld, value)))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def count(self) -> int:
+        try:
+            return int(self._r.zcard(self._keys.index_start))
+        except redis.RedisError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def candidate_ids(self, query: CandidateQuery) -> list[str]:
+        """Ids of the items that satisfy every index criterion, in SPS start order
+        when the range index drove the plan, else in no particular order."""
+        try:
+            return self._candidate_ids(query)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"worklist query failed: {exc}") from exc
+
+    def _candidate_ids(self, query: CandidateQuery) -> list[str]:
+        k = self._keys
+        lo = "-inf" if query.start_min is None else query.start_min
+        hi = "+inf" if query.start_max is None else query.start_max
+        fields = [(f, vals) for f, vals in query.equals.items()]
+        if any(not vals for _, vals in fields):
+            return []  # a field that must equal one of no values matches nothing
+
+        # Size every candidate source in one round trip and let the smallest drive.
+        pipe = self._r.pipeline(transaction=False)
+        for f, vals in fields:
+            for v in vals:
+                pipe.scard(k.index(f, v))
+        pipe.zcount(k.index_start, lo, hi)
+        sizes = pipe.execute()
+        range_size = int(sizes[-1])
+        field_sizes: list[int] = []
+        pos = 0
+        for _, vals in fields:
+            field_sizes.append(sum(int(s) for s in sizes[pos : pos + len(vals)]))
+            pos += len(vals)
+
+        driver: int | None = None  # index into fields; None = the start range drives
+        best = range_size
+        for i, size in enumerate(field_sizes):
+            if size < best or (size == best and not query.has_range):
+                driver, best = i, size
+        if best == 0:
+            return []
+
+        if driver is None:
+            ids = [m.decode() for m in self._r.zrangebyscore(k.index_start, lo, hi)]
+        else:
+            f, vals = fields[driver]
+            if len(vals) == 1:
+                ids = [m.decode() for m in self._r.smembers(k.index(f, vals[0]))]
+            else:
+                ids = sorted({m.decode() for m in self._r.sunion([k.index(f, v) for v in vals])})
+
+        filters = [fv for i, fv in enumerate(fields) if i != driver]
+        if not ids:
+            return []
+        if filters or query.exclude or (driver is not None and query.has_range):
+            ids = self._filter(ids, filters, query, check_range=driver is not None, lo=lo, hi=hi)
+        return ids
+
+    def _filter(
+        self,
+        ids: list[str],
+        filters: list[tuple[str, tuple[str, ...]]],
+        query: CandidateQuery,
+        check_range: bool,
+        lo: float | str,
+        hi: float | str,
+    ) -> list[str]:
+        k = self._keys
+        pipe = self._r.pipeline(transaction=False)
+        for f, vals in filters:
+            for v in vals:
+                pipe.smismember(k.index(f, v), ids)
+        excluded = [(f, v) for f, vals in query.exclude.items() for v in vals]
+        for f, v in excluded:
+            pipe.smismember(k.index(f, v), ids)
+        if check_range:
+            pipe.zmscore(k.index_start, ids)
+        results = pipe.execute()
+        keep = [True] * len(ids)
+        pos = 0
+        for _, vals in filters:
+            per_value = results[pos : pos + len(vals)]
+            pos += len(vals)
+            for n in range(len(ids)):
+                keep[n] = keep[n] and any(bool(r[n]) for r in per_value)
+        for _ in excluded:
+            flags = results[pos]
+            pos += 1
+            for n in range(len(ids)):
+                keep[n] = keep[n] and not flags[n]
+        if check_range:
+            scores = results[pos]
+            lo_v = float("-inf") if lo == "-inf" else float(lo)
+            hi_v = float("inf") if hi == "+inf" else float(hi)
+            for n, score in enumerate(scores):
+                keep[n] = keep[n] and score is not None and lo_v <= score <= hi_v
+        return [i for i, ok in zip(ids, keep, strict=True) if ok]
+
+    def load(self, ids: list[str]) -> Iterator[WorklistItem]:
+        """Items for ``ids`` in that order, fetched in chunks; vanished ids are skipped."""
+        for start in range(0, len(ids), _LOAD_CHUNK):
+            chunk = ids[start : start + _LOAD_CHUNK]
+            try:
+                raws = self._r.mget([self._keys.item(i) for i in chunk])
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"worklist read failed: {exc}") from exc
+            for raw in raws:
+                if raw:
+                    yield WorklistItem.from_json(raw)
+
+    def find(self, query: CandidateQuery) -> Iterator[WorklistItem]:
+        return self.load(self.candidate_ids(query))
