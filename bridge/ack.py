@@ -169,7 +169,8 @@ def build_ack(
 
     if not code.is_positive and error is None:
         error = Hl7Error.INTERNAL_ERROR
-    msa_text = escape(text or (error.text if error is not None else ""), fs, enc)
+    default_text = error.text if error is not None else Hl7Error.ACCEPTED.text
+    msa_text = escape(text or default_text, fs, enc)
     segments.append(fs.join(["MSA", code.value, h.control_id, msa_text]))
     if not code.is_positive and error is not None:
         err_text = escape(error.text, fs, enc)

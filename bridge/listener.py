@@ -1,0 +1,637 @@
+"""The MLLP listener: the bridge's front door and its only asyncio module.
+
+One task per connection; the frames of a connection are handled strictly one after the
+other (read MSH → gate → durable write → ACK), because ORM order/cancel sequences depend
+on order and MLLP senders wait for each ACK anyway. The durable write is synchronous
+(:mod:`bridge.intake`, rq's enqueue is sync) and runs in a bounded thread pool so the
+event loop keeps serving other connections meanwhile.
+
+Nothing is dropped silently: every complete frame gets an answer (AA/CA after the
+durable write, a NAK built from whatever MSH could be read otherwise), and every frame
+that is not queued — garbage, undecodable, rejected by the gate, oversize, incomplete —
+goes to the dead-letter store with the reason (stage ``listener``).
+
+Logs carry control id, sender, type, size, code and latency; never message content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio as aioredis
+
+from bridge import deadletter, framing
+from bridge.ack import AckPolicy, Outcome, build_ack
+from bridge.codes import Hl7Error
+from bridge.connections import async_client, sync_client
+from bridge.errors import ConfigError, StoreUnavailable
+from bridge.intake import AppResult, IntakeRecord, SubmitKind, submit
+from bridge.keys import Keys
+from bridge.logs import fields
+from bridge.msh import Msh, MshError, read_msh
+from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: After FS, how long to wait for the final CR before treating the frame as ended
+#: without it (then accepted or rejected per ``mllp.accept_missing_final_cr``).
+MISSING_CR_WAIT_S = 0.2
+READ_CHUNK_BYTES = 64 * 1024
+#: How long ``stop()`` lets a connection finish the message it is handling.
+DRAIN_TIMEOUT_S = 10.0
+BIND_ATTEMPTS = 5
+
+
+@dataclass
+class Verdict:
+    """What to answer for one frame."""
+
+    outcome: Outcome
+    msh: Msh | None
+    error: Hl7Error | None = None
+    text: str = ""
+    location: str = ""
+    message_id: str = ""
+    note: str = ""  # "new", "duplicate", ... for the log line
+    dead_reason: str = ""  # non-empty: keep the frame as a dead letter
+
+
+@dataclass
+class _Connection:
+    peer: str
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None
+    busy: bool = False
+    messages: int = 0
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    info = writer.get_extra_info("peername")
+    if isinstance(info, tuple) and len(info) >= 2:
+        return f"{info[0]}:{info[1]}"
+    return str(info)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """Server TLS context from ``mllp.tls_*``; a client CA file turns on mutual TLS."""
+    m = settings.mllp
+    if not m.tls_cert_file:
+        if m.tls_key_file or m.tls_client_ca_file:
+            raise ConfigError("mllp.tls_cert_file", "required when a TLS key or client CA is set")
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(m.tls_cert_file, m.tls_key_file or None)
+        if m.tls_client_ca_file:
+            ctx.load_verify_locations(cafile=m.tls_client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("mllp.tls_cert_file", f"cannot load TLS files: {exc}") from None
+    return ctx
+
+
+class Listener:
+    """An MLLP server bound to ``mllp.host``/``mllp.port`` (0 = any free port)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        m = settings.mllp
+        self.keys = Keys(settings.redis.key_prefix)
+        self.policy = AckPolicy(
+            reject_code=m.reject_code,
+            error_code=m.error_code,
+            enhanced_mode=m.enhanced_mode,
+            default_charset=m.default_charset,
+        )
+        self.client: redis.Redis = sync_client(settings.redis)
+        # BLPOP for application ACKs blocks up to application_ack_timeout_s: the socket
+        # timeout must be longer than that, or the wait itself would fail.
+        wait_redis = dataclasses.replace(
+            settings.redis,
+            socket_timeout_s=settings.redis.socket_timeout_s + m.application_ack_timeout_s,
+        )
+        self.aclient: aioredis.Redis = async_client(wait_redis)
+        # One thread per concurrently writing connection at most; rq's enqueue is sync.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, min(32, m.max_connections)), thread_name_prefix="intake"
+        )
+        self._server: asyncio.Server | None = None
+        self._conns: dict[asyncio.Task[None], _Connection] = {}
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._conns)
+
+    def connection_sockets(self) -> list[socket.socket]:
+        """Sockets of open connections (for tests of socket options)."""
+        out = []
+        for conn in self._conns.values():
+            sock = conn.writer.get_extra_info("socket")
+            if sock is not None:
+                out.append(sock)
+        return out
+
+    async def start(self) -> None:
+        m = self.settings.mllp
+        ctx = tls_context(self.settings)
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            try:
+                self._server = await asyncio.start_server(
+                    self._on_connection,
+                    host=m.host,
+                    port=m.port,
+                    ssl=ctx,
+                    ssl_handshake_timeout=30.0 if ctx else None,
+                    reuse_address=True,
+                    limit=READ_CHUNK_BYTES,
+                )
+                break
+            except OSError as exc:
+                if attempt == BIND_ATTEMPTS:
+                    raise
+                log.warning(
+                    "mllp.bind.retry", extra=fields(host=m.host, port=m.port, error=str(exc))
+                )
+                await asyncio.sleep(1.0)
+        await self._check_durability()
+        log.info(
+            "mllp.listening",
+            extra=fields(
+                host=m.host,
+                port=self.port,
+                tls=bool(ctx),
+                mutual_tls=bool(ctx and m.tls_client_ca_file),
+                ack_mode=m.ack_mode,
+                max_connections=m.max_connections,
+            ),
+        )
+
+    async def stop(self, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> None:
+        """Stop accepting, let busy connections finish their current message, close."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+        for task, conn in list(self._conns.items()):
+            if not conn.busy:
+                task.cancel()
+        tasks = list(self._conns)
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._executor.shutdown(wait=True)
+        await self.aclient.aclose()
+        self.client.close()
+        log.info("mllp.stopped")
+
+    async def _run_sync(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(func, *args, **kwargs))
+
+    async def _check_durability(self) -> None:
+        """Warn loudly when Redis would lose ACKed messages on a crash."""
+
+        def read() -> dict[str, str]:
+            out = {}
+            for name in ("appendonly", "appendfsync"):
+                value = self.client.config_get(name).get(name)
+                out[name] = value.decode() if isinstance(value, bytes) else str(value)
+            return out
+
+        try:
+            conf = await self._run_sync(read)
+        except redis.RedisError as exc:
+            log.warning("mllp.redis.unchecked", extra=fields(error=str(exc)))
+            return
+        if conf.get("appendonly") != "yes" or conf.get("appendfsync") != "always":
+            log.warning("mllp.redis.not_durable", extra=fields(**conf, wanted="yes/always"))
+
+    # -- connections -------------------------------------------------------------------
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = _peer(writer)
+        m = self.settings.mllp
+        if self._stopping or len(self._conns) >= m.max_connections:
+            # Senders see this as an unexplained drop: say so loudly on our side.
+            log.warning(
+                "mllp.connection.refused",
+                extra=fields(
+                    peer=peer,
+                    active=len(self._conns),
+                    max_connections=m.max_connections,
+                    stopping=self._stopping,
+                ),
+            )
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
+            return
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        conn = _Connection(peer=peer, writer=writer, task=task)
+        self._conns[task] = conn
+        log.info("mllp.connection.open", extra=fields(peer=peer, active=len(self._conns)))
+        reason = "closed"
+        try:
+            reason = await self._serve(conn, reader)
+        except asyncio.CancelledError:
+            reason = "shutdown"
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            reason = f"error: {type(exc).__name__}"
+        finally:
+            self._conns.pop(task, None)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2.0)
+            log.info(
+                "mllp.connection.closed",
+                extra=fields(peer=peer, reason=reason, messages=conn.messages),
+            )
+
+    async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> str:
+        m = self.settings.mllp
+        framer = framing.Framer(m.max_frame_bytes)
+        while not self._stopping:
+            if framer.state is framing.State.AWAIT_CR:
+                timeout: float | None = MISSING_CR_WAIT_S
+            elif framer.in_frame:
+                timeout = m.frame_timeout_s or None
+            else:
+                timeout = m.idle_timeout_s or None
+            conn.busy = False
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(READ_CHUNK_BYTES)
+            except TimeoutError:
+                conn.busy = True
+                if framer.state is framing.State.AWAIT_CR:
+                    events = framer.end_without_cr()
+                elif framer.in_frame:
+                    partial = framer.close()
+                    await self._frame_timeout(conn, partial)
+                    return "frame timeout"
+                else:
+                    return "idle timeout"
+            else:
+                conn.busy = True
+                if not data:
+                    await self._handle_events(conn, framer.close())
+                    return "peer closed"
+                events = framer.feed(data)
+            if not await self._handle_events(conn, events):
+                return "oversize frame"
+        return "shutdown"
+
+    async def _handle_events(self, conn: _Connection, events: list[framing.Event]) -> bool:
+        """Handle events in order; False = close the connection."""
+        for event in events:
+            if isinstance(event, framing.Frame):
+                await self._on_frame(conn, event)
+                if self._stopping:
+                    return True  # in-flight message answered; later frames are resent
+            elif isinstance(event, framing.JunkSkipped):
+                level = logging.DEBUG if event.whitespace_only else logging.WARNING
+                log.log(
+                    level,
+                    "mllp.junk_skipped",
+                    extra=fields(
+                        peer=conn.peer, bytes=event.count, whitespace=event.whitespace_only
+                    ),
+                )
+            elif isinstance(event, framing.Abandoned):
+                log.warning(
+                    "mllp.frame.abandoned", extra=fields(peer=conn.peer, size=len(event.content))
+                )
+                await self._dead_letter(
+                    conn, event.content, None, "incomplete frame (no end block)", 100
+                )
+            elif isinstance(event, framing.Oversize):
+                await self._oversize(conn, event)
+                return False
+        return True
+
+    # -- one frame -----------------------------------------------------------------------
+    async def _on_frame(self, conn: _Connection, frame: framing.Frame) -> None:
+        t0 = time.perf_counter()
+        verdict = await self._decide(conn, frame)
+        conn.messages += 1
+        if verdict.dead_reason:
+            code = verdict.error or Hl7Error.INTERNAL_ERROR
+            await self._dead_letter(conn, frame.content, verdict.msh, verdict.dead_reason, code)
+        ack = build_ack(
+            verdict.msh,
+            verdict.outcome,
+            self.policy,
+            error=verdict.error,
+            text=verdict.text,
+            location=verdict.location,
+        )
+        if ack.send:
+            conn.writer.write(framing.frame(ack.content))
+            await conn.writer.drain()
+        h = verdict.msh
+        level = logging.INFO if ack.code.is_positive else logging.WARNING
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "mllp.message",
+                extra=fields(
+                    peer=conn.peer,
+                    control_id=h.control_id if h else "",
+                    sender=f"{h.sending_app}|{h.sending_facility}" if h else "",
+                    type=h.message_type if h else "",
+                    version=h.version_raw if h else "",
+                    size=len(frame.content),
+                    code=ack.code.value,
+                    error=int(verdict.error) if verdict.error is not None else "",
+                    sent=ack.send,
+                    result=verdict.note,
+                    message_id=verdict.message_id,
+                    latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+                ),
+            )
+
+    async def _decide(self, conn: _Connection, frame: framing.Frame) -> Verdict:
+        m = self.settings.mllp
+        content = frame.content
+        received_at = time.time()
+        try:
+            h = read_msh(content, m.default_charset)
+        except MshError as exc:
+            bad_charset = exc.partial is not None and "character set" in exc.reason
+            return Verdict(
+                Outcome.ERROR if bad_charset else Outcome.REJECTED,
+                exc.partial,
+                Hl7Error.TABLE_VALUE_NOT_FOUND if bad_charset else Hl7Error.SEGMENT_SEQUENCE,
+                text=exc.reason,
+                location="MSH-18" if bad_charset else "",
+                note="unreadable",
+                dead_reason=exc.reason,
+            )
+        if frame.missing_final_cr and not m.accept_missing_final_cr:
+            reason = "frame ended without the final CR (mllp.accept_missing_final_cr is off)"
+            return Verdict(
+                Outcome.REJECTED, h, Hl7Error.SEGMENT_SEQUENCE, reason, dead_reason=reason
+            )
+        gate = self._gate(h)
+        if gate is not None:
+            return gate
+        try:
+            content.decode(h.codec)
+        except UnicodeDecodeError as exc:
+            reason = f"byte not valid in {h.charset or m.default_charset} at offset {exc.start}"
+            return Verdict(Outcome.ERROR, h, Hl7Error.DATA_TYPE, reason, dead_reason=reason)
+
+        record = IntakeRecord(
+            raw=content,
+            received_at=received_at,
+            peer=conn.peer,
+            sending_app=h.sending_app,
+            sending_facility=h.sending_facility,
+            receiving_app=h.receiving_app,
+            receiving_facility=h.receiving_facility,
+            control_id=h.control_id,
+            message_type=h.message_type,
+            version=h.version,
+            charset=h.charset,
+            processing_id=h.processing_id_raw,
+            ack_mode=m.ack_mode,
+        )
+        try:
+            result = await self._run_sync(
+                submit,
+                self.client,
+                self.keys,
+                record,
+                dedupe_ttl_s=m.dedupe_retention_s,
+                max_retries=self.settings.worker.max_retries,
+            )
+        except StoreUnavailable as exc:
+            log.error(
+                "mllp.store_unavailable",
+                extra=fields(peer=conn.peer, control_id=h.control_id, error=str(exc)),
+            )
+            return Verdict(
+                Outcome.REJECTED,
+                h,
+                Hl7Error.INTERNAL_ERROR,
+                "Message not stored, please resend",
+                note="store unavailable",
+            )
+        if result.kind is SubmitKind.CONFLICT:
+            reason = "control id already used for a different message"
+            return Verdict(
+                Outcome.ERROR,
+                h,
+                Hl7Error.DUPLICATE_KEY,
+                reason,
+                location="MSH-10",
+                message_id=result.message_id,
+                note="conflict",
+                dead_reason=reason,
+            )
+        if result.kind is SubmitKind.DUPLICATE:
+            return Verdict(
+                Outcome.ACCEPTED, h, message_id=result.message_id, note="duplicate (not queued)"
+            )
+        if m.ack_mode == "application" and not (self.policy.enhanced_mode and h.enhanced_mode):
+            return await self._application_verdict(h, result.message_id)
+        return Verdict(Outcome.ACCEPTED, h, message_id=result.message_id, note="queued")
+
+    def _gate(self, h: Msh) -> Verdict | None:
+        """HL7 v2 2.9.2: the receiver checks MSH-9, MSH-11 and MSH-12 before anything."""
+        m = self.settings.mllp
+        reason = ""
+        if h.message_type not in m.accepted_message_types:
+            types = {t.split("^", 1)[0] for t in m.accepted_message_types}
+            known_type = h.type_code in types
+            error = Hl7Error.UNSUPPORTED_EVENT if known_type else Hl7Error.UNSUPPORTED_MESSAGE_TYPE
+            reason = f"message type {h.message_type or '(empty)'} not accepted"
+            return Verdict(Outcome.REJECTED, h, error, reason, "MSH-9", dead_reason=reason)
+        if h.processing_id not in m.accepted_processing_ids:
+            reason = f"processing id {h.processing_id or '(empty)'} not accepted"
+            return Verdict(
+                Outcome.REJECTED,
+                h,
+                Hl7Error.UNSUPPORTED_PROCESSING_ID,
+                reason,
+                "MSH-11",
+                dead_reason=reason,
+            )
+        if h.version not in m.accepted_versions:
+            reason = f"version {h.version_raw or '(empty)'} not accepted"
+            return Verdict(
+                Outcome.REJECTED,
+                h,
+                Hl7Error.UNSUPPORTED_VERSION,
+                reason,
+                "MSH-12",
+                dead_reason=reason,
+            )
+        if not h.control_id.strip():
+            reason = "MSH-10 (message control id) is empty"
+            return Verdict(
+                Outcome.ERROR,
+                h,
+                Hl7Error.REQUIRED_FIELD_MISSING,
+                reason,
+                "MSH-10",
+                dead_reason=reason,
+            )
+        return None
+
+    async def _application_verdict(self, h: Msh, message_id: str) -> Verdict:
+        """``--ack-mode application``: wait for the worker's verdict (already durable)."""
+        m = self.settings.mllp
+        try:
+            popped = await self.aclient.blpop(
+                [self.keys.result(message_id)], timeout=m.application_ack_timeout_s
+            )
+        except redis.RedisError as exc:
+            popped = None
+            log.warning(
+                "mllp.application_ack.unavailable",
+                extra=fields(control_id=h.control_id, message_id=message_id, error=str(exc)),
+            )
+        if popped is None:
+            log.warning(
+                "mllp.application_ack.timeout",
+                extra=fields(
+                    control_id=h.control_id,
+                    message_id=message_id,
+                    timeout_s=m.application_ack_timeout_s,
+                ),
+            )
+            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (no verdict)")
+        try:
+            result = AppResult.from_json(popped[1])
+        except (ValueError, TypeError) as exc:
+            log.error(
+                "mllp.application_ack.invalid", extra=fields(message_id=message_id, error=str(exc))
+            )
+            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (bad verdict)")
+        if result.ok:
+            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="processed")
+        try:
+            error = Hl7Error(result.code)
+        except ValueError:
+            error = Hl7Error.INTERNAL_ERROR
+        return Verdict(
+            Outcome.ERROR,
+            h,
+            error,
+            result.text or error.text,
+            result.location,
+            message_id=message_id,
+            note="processing failed",
+        )
+
+    # -- failures ------------------------------------------------------------------------
+    async def _oversize(self, conn: _Connection, event: framing.Oversize) -> None:
+        try:
+            h: Msh | None = read_msh(event.head, self.settings.mllp.default_charset)
+        except MshError as exc:
+            h = exc.partial
+        reason = f"frame larger than {event.limit} bytes (first {event.limit} bytes kept)"
+        log.warning("mllp.frame.oversize", extra=fields(peer=conn.peer, limit=event.limit))
+        await self._dead_letter(conn, event.head, h, reason, Hl7Error.INTERNAL_ERROR)
+        await self._send_nak(conn, h, Hl7Error.INTERNAL_ERROR, f"frame larger than {event.limit}")
+
+    async def _frame_timeout(self, conn: _Connection, events: list[framing.Event]) -> None:
+        m = self.settings.mllp
+        for event in events:
+            if not isinstance(event, framing.Abandoned):
+                continue
+            try:
+                h: Msh | None = read_msh(event.content, m.default_charset)
+            except MshError as exc:
+                h = exc.partial
+            reason = f"incomplete frame: no end block within {m.frame_timeout_s} s"
+            log.warning("mllp.frame.timeout", extra=fields(peer=conn.peer, size=len(event.content)))
+            await self._dead_letter(conn, event.content, h, reason, Hl7Error.INTERNAL_ERROR)
+            if h is not None:
+                await self._send_nak(conn, h, Hl7Error.INTERNAL_ERROR, "incomplete frame")
+
+    async def _send_nak(self, conn: _Connection, h: Msh | None, error: Hl7Error, text: str) -> None:
+        ack = build_ack(h, Outcome.REJECTED, self.policy, error=error, text=text)
+        if ack.send:
+            with contextlib.suppress(ConnectionError, OSError):
+                conn.writer.write(framing.frame(ack.content))
+                await asyncio.wait_for(conn.writer.drain(), 5.0)
+
+    async def _dead_letter(
+        self, conn: _Connection, raw: bytes, h: Msh | None, reason: str, code: int
+    ) -> None:
+        meta = {k: v for k, v in (h.meta() if h else {}).items() if v}
+        meta["peer"] = conn.peer
+        letter = deadletter.DeadLetter(
+            raw=raw, reason=reason, stage="listener", code=int(code), meta=meta
+        )
+        try:
+            await self._run_sync(deadletter.put, self.client, self.keys, letter)
+        except StoreUnavailable as exc:
+            log.error(
+                "mllp.deadletter.failed",
+                extra=fields(peer=conn.peer, size=len(raw), reason=reason, error=str(exc)),
+            )
+
+
+async def start(settings: Settings) -> Listener:
+    """Start a listener (tests: ``mllp.port=0`` and read ``listener.port``)."""
+    listener = Listener(settings)
+    await listener.start()
+    return listener
+
+
+async def _serve_until_signal(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    listener = await start(settings)
+    await stop.wait()
+    log.info("mllp.stopping", extra=fields(active=listener.active_connections))
+    await listener.stop()
+    return 0
+
+
+def command(settings: Settings, args: argparse.Namespace) -> int:
+    """``mwl-bridge listen``: serve until SIGINT/SIGTERM, then drain and exit 0."""
+    if not settings.redis.url:
+        raise ConfigError(
+            "redis.url", "listen needs --redis-url (mwl-bridge run starts an embedded Redis)"
+        )
+    tls_context(settings)  # fail fast with exit code 2 on unreadable TLS files
+    return asyncio.run(_serve_until_signal(settings))
