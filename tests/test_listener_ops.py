@@ -1,0 +1,286 @@
+"""Listener operations: Redis outage, TLS/mTLS, application ACK mode, interop with
+python-hl7's ``mllp_send``, and the ``mwl-bridge listen`` process (signals)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from mllp_harness import (
+    ListenerThread,
+    MllpClient,
+    ack_fields,
+    listener_settings,
+    sample,
+    wait_until,
+)
+from redis_server import RedisServer, free_port
+from rq import Queue
+
+from bridge.keys import Keys
+
+StartFn = Callable[..., ListenerThread]
+
+
+@pytest.fixture
+def mllp(redis_url: str) -> Iterator[StartFn]:
+    started: list[ListenerThread] = []
+
+    def start(url: str | None = None, **mllp_settings: Any) -> ListenerThread:
+        lt = ListenerThread(listener_settings(url or redis_url, **mllp_settings))
+        started.append(lt)
+        return lt
+
+    yield start
+    for lt in started:
+        lt.stop()
+
+
+def msg(control_id: str, version: str = "2.3", msh_tail: str = "") -> bytes:
+    return (
+        f"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705101500||ORM^O01|{control_id}|P|{version}{msh_tail}\r"
+        f"PID|1||P1^^^H^MR||DOE^JANE\rORC|NW|PL{control_id}\rOBR|1|PL{control_id}||CT^CT\r"
+    ).encode()
+
+
+def ids(client: redis.Redis, keys: Keys) -> list[str]:
+    return [i.decode() for i in client.lrange(keys.ingest_order, 0, -1)]
+
+
+# -- Redis outage ---------------------------------------------------------------------------
+
+
+def test_redis_stopped_at_ack_time_then_recovery(mllp: StartFn) -> None:
+    server = RedisServer()  # private: this test stops it
+    server.start()
+    keys = Keys("mwl")
+    try:
+        lt = mllp(url=server.url)
+        with MllpClient(lt.port) as c:
+            assert ack_fields(c.send(msg("R1")))["MSA"][1:3] == ["AA", "R1"]
+            server.stop()
+            # original mode: AR with ERR 207, never AA
+            nak = ack_fields(c.send(msg("R2")))
+            assert nak["MSA"][1:3] == ["AR", "R2"]
+            assert nak["ERR"][1] == "^^^207&Application internal error&HL70357"
+            # enhanced mode: CR with ERR-3 207
+            nak = ack_fields(c.send(msg("R3", "2.5", "|||AL|NE")))
+            assert nak["MSA"][1:3] == ["CR", "R3"]
+            assert nak["ERR"][3] == "207^Application internal error^HL70357"
+            server.start()  # same port, same AOF
+            assert ack_fields(c.send(msg("R2")))["MSA"][1:3] == ["AA", "R2"]
+            assert ack_fields(c.send(msg("R3", "2.5", "|||AL|NE")))["MSA"][1:3] == ["CA", "R3"]
+        client = redis.Redis.from_url(server.url)
+        order = ids(client, keys)
+        assert [client.hget(keys.message(i), "control_id") for i in order] == [
+            b"R1",
+            b"R2",
+            b"R3",
+        ]  # R1 survived the restart (AOF); nothing lost, nothing doubled
+        assert Queue(keys.queue_name(), connection=client).count == 3
+        client.close()
+    finally:
+        server.cleanup()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server cert for localhost/127.0.0.1 and a client cert."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl CLI not installed")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=mwl-test-ca", cwd=d)  # fmt: skip
+    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+                 "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
+    return d
+
+
+def _client_ctx(pki: Path, with_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    if with_cert:
+        ctx.load_cert_chain(str(pki / "client.pem"), str(pki / "client.key"))
+    return ctx
+
+
+def test_tls(mllp: StartFn, pki: Path) -> None:
+    lt = mllp(tls_cert_file=str(pki / "server.pem"), tls_key_file=str(pki / "server.key"))
+    with MllpClient(lt.port, tls=_client_ctx(pki, False)) as c:
+        assert ack_fields(c.send(msg("S1")))["MSA"][1:3] == ["AA", "S1"]
+        assert ack_fields(c.send(msg("S2")))["MSA"][1:3] == ["AA", "S2"]
+    # a plain-text sender cannot talk to a TLS listener
+    with MllpClient(lt.port) as c, pytest.raises((ConnectionError, OSError)):
+        c.send(msg("S3"))
+
+
+def test_mutual_tls(mllp: StartFn, pki: Path, redis_client: redis.Redis, keys: Keys) -> None:
+    lt = mllp(
+        tls_cert_file=str(pki / "server.pem"),
+        tls_key_file=str(pki / "server.key"),
+        tls_client_ca_file=str(pki / "ca.pem"),
+    )
+    with MllpClient(lt.port, tls=_client_ctx(pki, True)) as c:
+        assert ack_fields(c.send(msg("T1")))["MSA"][1:3] == ["AA", "T1"]
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        MllpClient(lt.port, tls=_client_ctx(pki, False)) as c,
+    ):
+        c.send(msg("T2"))
+    assert len(ids(redis_client, keys)) == 1
+
+
+# -- application ACK mode -------------------------------------------------------------------
+
+
+def _send_async(port: int, content: bytes) -> concurrent.futures.Future[bytes]:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def run() -> bytes:
+        with MllpClient(port) as c:
+            return c.send(content)
+
+    fut = pool.submit(run)
+    pool.shutdown(wait=False)
+    return fut
+
+
+def test_application_mode_error_from_worker(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp(ack_mode="application", application_ack_timeout_s=10)
+    fut = _send_async(lt.port, msg("A1", "2.5"))
+    wait_until(lambda: len(ids(redis_client, keys)) == 1)
+    [mid] = ids(redis_client, keys)
+    assert redis_client.hget(keys.message(mid), "ack_mode") == b"application"
+    assert not fut.done()  # the ACK waits for the worker's verdict
+    verdict = {"ok": False, "code": 101, "text": "PID-3 missing", "location": "PID-3"}
+    redis_client.rpush(keys.result(mid), json.dumps(verdict))
+    fields = ack_fields(fut.result(10))
+    assert fields["MSA"][1:4] == ["AE", "A1", "PID-3 missing"]
+    assert fields["ERR"][2:5] == ["PID^1^3", "101^Required field missing^HL70357", "E"]
+
+
+def test_application_mode_ok_from_worker(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp(ack_mode="application", application_ack_timeout_s=10)
+    fut = _send_async(lt.port, msg("A2"))
+    wait_until(lambda: len(ids(redis_client, keys)) == 1)
+    [mid] = ids(redis_client, keys)
+    redis_client.rpush(keys.result(mid), json.dumps({"ok": True, "code": 0}))
+    assert ack_fields(fut.result(10))["MSA"][1:3] == ["AA", "A2"]
+
+
+def test_application_mode_timeout_is_aa_and_warns(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="bridge.listener")
+    lt = mllp(ack_mode="application", application_ack_timeout_s=0.3)
+    with MllpClient(lt.port) as c:
+        assert ack_fields(c.send(msg("A3")))["MSA"][1:3] == ["AA", "A3"]
+    assert len(ids(redis_client, keys)) == 1  # durable before the wait
+    assert any(r.getMessage() == "mllp.application_ack.timeout" for r in caplog.records)
+
+
+# -- interop with a client we did not write -------------------------------------------------
+
+
+def _mllp_send() -> list[str]:
+    exe = shutil.which("mllp_send")
+    return [exe] if exe else [sys.executable, "-m", "hl7.client"]
+
+
+def test_python_hl7_mllp_send(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    lt = mllp()
+    cr_file = tmp_path / "orm.mllp"  # without --loose, mllp_send reads MLLP-framed files
+    cr_file.write_bytes(b"\x0b" + sample("mllp_orm_v23_zds.hl7") + b"\x1c\r")
+    out = subprocess.run(
+        [*_mllp_send(), "--port", str(lt.port), "--file", str(cr_file), "127.0.0.1"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    reply = out.stdout.decode("latin-1").replace("\n", "\r")
+    assert "MSA|AA|MSG00001" in reply
+    # --loose: the same sample with LF line ends, as integrators keep them on disk
+    out = subprocess.run(
+        [*_mllp_send(), "--loose", "--port", str(lt.port), "--file",
+         str(Path(__file__).parent / "samples" / "mllp_orm_v23_zds.hl7"), "127.0.0.1"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert "MSA|AA|MSG00001" in out.stdout.decode("latin-1").replace("\n", "\r")
+    assert len(ids(redis_client, keys)) == 1  # the second send was a duplicate: not requeued
+
+
+# -- the `mwl-bridge listen` process ----------------------------------------------------------
+
+
+def test_listen_command_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "listen", "--redis-url", redis_url,
+         "--mllp-host", "127.0.0.1", "--mllp-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "listener did not start"
+                time.sleep(0.05)
+        with MllpClient(port) as c:
+            assert ack_fields(c.send(msg("Q1")))["MSA"][1:3] == ["AA", "Q1"]
+            proc.send_signal(signal.SIGTERM)
+            assert c.is_closed_by_peer(wait_s=10)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert "mllp.stopped" in err
+    assert "DOE" not in err and "JANE" not in err  # no patient data in INFO logs
+
+
+def test_listen_command_without_redis_url_is_a_config_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "listen", "--mllp-port", "0"],
+        capture_output=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    assert proc.returncode == 2
+    assert b"redis.url" in proc.stderr
