@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -110,6 +111,19 @@ def _location_components(location: str) -> tuple[str, str, str, str] | None:
     return seg, "1", fld, comp or ""
 
 
+_stamp_cache: tuple[int, str] = (0, "")
+
+
+def _now_stamp() -> str:
+    """MSH-7 for now, local time with UTC offset; formatted once per second."""
+    global _stamp_cache
+    second = int(time.time())
+    if _stamp_cache[0] != second:
+        stamp = dt.datetime.fromtimestamp(second).astimezone().strftime("%Y%m%d%H%M%S%z")
+        _stamp_cache = (second, stamp)
+    return _stamp_cache[1]
+
+
 def new_control_id() -> str:
     """A fresh MSH-10 (20 characters: the ST length limit of v2.3)."""
     return uuid.uuid4().hex[:20]
@@ -146,7 +160,7 @@ def build_ack(
         msh9 = f"ACK{cs}{trigger}{cs}ACK" if trigger else f"ACK{cs}{cs}ACK"
     else:
         msh9 = "ACK"
-    stamp = (now or dt.datetime.now().astimezone()).strftime("%Y%m%d%H%M%S%z")
+    stamp = now.strftime("%Y%m%d%H%M%S%z") if now else _now_stamp()
     processing = h.processing_id_raw or "P"
     charset = h.charset
     msh_fields = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 #: HL7 table 0211 (alternate character sets) → Python codec. UTF-16/32 are absent on
 #: purpose: their code units can contain the MLLP framing bytes, so they cannot travel
@@ -122,40 +123,71 @@ class Msh:
         parts = value.split(self.component_sep)
         return parts[index - 1].strip() if index <= len(parts) else ""
 
-    sending_app = property(lambda self: self.get(3))
-    sending_facility = property(lambda self: self.get(4))
-    receiving_app = property(lambda self: self.get(5))
-    receiving_facility = property(lambda self: self.get(6))
-    control_id = property(lambda self: self.get(10))
-    processing_id_raw = property(lambda self: self.get(11))
-    version_raw = property(lambda self: self.get(12))
-    accept_ack_type = property(lambda self: self.component(15, 1).upper())
-    application_ack_type = property(lambda self: self.component(16, 1).upper())
-    charset = property(lambda self: self.get(18))
+    @property
+    def sending_app(self) -> str:
+        return self.fields.get(3, "")
 
     @property
+    def sending_facility(self) -> str:
+        return self.fields.get(4, "")
+
+    @property
+    def receiving_app(self) -> str:
+        return self.fields.get(5, "")
+
+    @property
+    def receiving_facility(self) -> str:
+        return self.fields.get(6, "")
+
+    @property
+    def control_id(self) -> str:
+        return self.fields.get(10, "")
+
+    @property
+    def processing_id_raw(self) -> str:
+        return self.fields.get(11, "")
+
+    @property
+    def version_raw(self) -> str:
+        return self.fields.get(12, "")
+
+    @property
+    def charset(self) -> str:
+        return self.fields.get(18, "")
+
+    # Derived values are read several times per message (gate, record, ACK, log line):
+    # computed once. ``fields`` is not changed after read_msh returns.
+    @cached_property
+    def accept_ack_type(self) -> str:
+        return self.component(15, 1).upper()
+
+    @cached_property
+    def application_ack_type(self) -> str:
+        return self.component(16, 1).upper()
+
+    @cached_property
     def type_code(self) -> str:
         return self.component(9, 1)
 
-    @property
+    @cached_property
     def trigger(self) -> str:
         return self.component(9, 2)
 
-    @property
+    @cached_property
     def message_type(self) -> str:
         """``TYPE^TRIGGER`` (MSH-9.1 and MSH-9.2), always with ``^``, e.g. ``ORM^O01``."""
         return f"{self.type_code}^{self.trigger}" if self.trigger else self.type_code
 
-    @property
+    @cached_property
     def processing_id(self) -> str:
         """MSH-11.1: P production, D debugging, T training."""
         return self.component(11, 1)
 
-    @property
+    @cached_property
     def version(self) -> str:
         return normalise_version(self.component(12, 1))
 
-    @property
+    @cached_property
     def enhanced_mode(self) -> bool:
         """HL7 v2 2.9.3: enhanced acknowledgement mode when MSH-15 or MSH-16 is valued."""
         return bool(self.get(15).strip() or self.get(16).strip())
