@@ -3,6 +3,7 @@ python-hl7's ``mllp_send``, and the ``mwl-bridge listen`` process (signals)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import logging
@@ -171,6 +172,13 @@ def _send_async(port: int, content: bytes) -> concurrent.futures.Future[bytes]:
     return fut
 
 
+def _send_async_on(client: MllpClient, content: bytes) -> concurrent.futures.Future[bytes]:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    fut = pool.submit(client.send, content)
+    pool.shutdown(wait=False)
+    return fut
+
+
 def test_application_mode_error_from_worker(
     mllp: StartFn, redis_client: redis.Redis, keys: Keys
 ) -> None:
@@ -284,3 +292,34 @@ def test_listen_command_without_redis_url_is_a_config_error() -> None:
     )
     assert proc.returncode == 2
     assert b"redis.url" in proc.stderr
+
+
+def test_stop_drains_the_in_flight_message(redis_url: str, keys: Keys) -> None:
+    """stop() lets a connection answer the message it is handling, then closes it."""
+    lt = ListenerThread(
+        listener_settings(redis_url, ack_mode="application", application_ack_timeout_s=10)
+    )
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with MllpClient(lt.port) as busy, MllpClient(lt.port) as idle:
+            idle_fut = _send_async_on(idle, msg("W0"))
+            wait_until(lambda: client.llen(keys.ingest_order) == 1)
+            first = client.lindex(keys.ingest_order, 0).decode()  # type: ignore[union-attr]
+            client.rpush(keys.result(first), json.dumps({"ok": True}))
+            assert ack_fields(idle_fut.result(10))["MSA"][1] == "AA"
+            busy.write(b"\x0b" + msg("W1") + b"\x1c\r")
+            wait_until(lambda: client.llen(keys.ingest_order) == 2)
+            mid = client.lindex(keys.ingest_order, 1).decode()  # type: ignore[union-attr]
+            stopping = asyncio.run_coroutine_threadsafe(
+                lt.listener.stop(drain_timeout_s=10), lt.loop
+            )
+            assert idle.is_closed_by_peer(wait_s=5)  # idle connections go at once
+            assert not stopping.done()  # ... the busy one is still being served
+            client.rpush(keys.result(mid), json.dumps({"ok": True}))
+            assert ack_fields(busy.read_ack())["MSA"][1:3] == ["AA", "W1"]
+            assert busy.is_closed_by_peer(wait_s=5)
+            stopping.result(10)
+    finally:
+        client.close()
+        lt.loop.call_soon_threadsafe(lt.loop.stop)
+        lt.thread.join(10)
