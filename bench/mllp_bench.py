@@ -275,11 +275,13 @@ def main() -> None:
             for conns in args.connections:
                 for kind in ("baseline", "listener"):
                     r.flushall()
+                    load = os.getloadavg()[0]
                     res = measure(kind, settings, conns, args.seconds, args.warmup)
                     results.setdefault((kind, conns), []).append(res)
                     print(
                         f"  {kind:8} conns={conns} {res['msgs_per_s']:8.0f} msg/s "
-                        f"p50 {res['p50_ms']:.3f} ms p99 {res['p99_ms']:.3f} ms",
+                        f"p50 {res['p50_ms']:.3f} ms p99 {res['p99_ms']:.3f} ms "
+                        f"(load before run {load:.2f})",
                         flush=True,
                     )
         print()

@@ -207,7 +207,8 @@ class Listener:
                 await asyncio.wait(pending, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
-        self._executor.shutdown(wait=True)
+        # Drained connections have their writes done; never block the loop on a stuck call.
+        self._executor.shutdown(wait=False, cancel_futures=True)
         await self.aclient.aclose()
         self.client.close()
         log.info("mllp.stopped")
