@@ -18,9 +18,9 @@ Rules (HL7 v2.5 chapter 2.9 and 2.14–2.15; the same in 2.3–2.5.1 except wher
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from enum import Enum
 
@@ -85,6 +85,9 @@ def should_send(code: AckCode, msh: Msh | None, policy: AckPolicy) -> bool:
 
 def escape(text: str, field_sep: str = "|", encoding_chars: str = "^~\\&") -> str:
     """HL7 escape sequences (chapter 2.7) for free text placed in a field."""
+    specials = field_sep + encoding_chars + "\r\n"
+    if not any(ch in specials for ch in text):
+        return text  # the common case: our fixed texts
     esc = encoding_chars[2] if len(encoding_chars) > 2 else "\\"
     names = {field_sep: "F", esc: "E"}
     for ch, name in zip(encoding_chars[:2], "SR", strict=False):
@@ -126,7 +129,7 @@ def _now_stamp() -> str:
 
 def new_control_id() -> str:
     """A fresh MSH-10 (20 characters: the ST length limit of v2.3)."""
-    return uuid.uuid4().hex[:20]
+    return os.urandom(10).hex()
 
 
 def build_ack(

@@ -6,6 +6,8 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.ack import AckPolicy, Outcome, build_ack, escape
 from bridge.codes import AckCode, Hl7Error
@@ -170,3 +172,22 @@ def test_nak_without_any_msh() -> None:
 
 def test_escape() -> None:
     assert escape("a|b^c~d\\e&f\rg") == "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f g"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.binary(max_size=120).map(lambda b: b"MSH" + b),
+        st.binary(max_size=120).map(lambda b: b"MSH|^~\\&|" + b),
+    )
+)
+def test_any_bytes_get_an_answer(raw: bytes) -> None:
+    """Garbage never crashes the ACK path: read_msh either succeeds or raises MshError,
+    and a NAK can always be built from what was read."""
+    try:
+        h = read_msh(raw)
+    except MshError as exc:
+        h = exc.partial
+    ack = build_ack(h, Outcome.REJECTED, AckPolicy(), error=Hl7Error.SEGMENT_SEQUENCE)
+    assert ack.content.startswith(b"MSH") and b"\rMSA" in ack.content
