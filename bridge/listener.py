@@ -56,6 +56,7 @@ READ_CHUNK_BYTES = 64 * 1024
 #: How long ``stop()`` lets a connection finish the message it is handling.
 DRAIN_TIMEOUT_S = 10.0
 BIND_ATTEMPTS = 5
+TLS_HANDSHAKE_TIMEOUT_S = 30.0
 
 
 @dataclass
@@ -79,6 +80,21 @@ class _Connection:
     task: asyncio.Task[None] | None
     busy: bool = False
     messages: int = 0
+
+
+class _TlsAcceptProtocol(asyncio.Protocol):
+    """First protocol of a TLS connection: stops reading at once (the ClientHello must
+    reach the TLS layer, not a stream buffer) and hands the transport to the listener."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self.listener._tls_accept(transport))
+        self.listener._accepting.add(task)
+        task.add_done_callback(self.listener._accepting.discard)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:
@@ -135,6 +151,8 @@ class Listener:
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], _Connection] = {}
         self._stopping = False
+        self._tls: ssl.SSLContext | None = None
+        self._accepting: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -157,18 +175,23 @@ class Listener:
 
     async def start(self) -> None:
         m = self.settings.mllp
-        ctx = tls_context(self.settings)
+        ctx = self._tls = tls_context(self.settings)
         for attempt in range(1, BIND_ATTEMPTS + 1):
             try:
-                self._server = await asyncio.start_server(
-                    self._on_connection,
-                    host=m.host,
-                    port=m.port,
-                    ssl=ctx,
-                    ssl_handshake_timeout=30.0 if ctx else None,
-                    reuse_address=True,
-                    limit=READ_CHUNK_BYTES,
-                )
+                if ctx is None:
+                    self._server = await asyncio.start_server(
+                        self._on_connection,
+                        host=m.host,
+                        port=m.port,
+                        reuse_address=True,
+                        limit=READ_CHUNK_BYTES,
+                    )
+                else:
+                    loop = asyncio.get_running_loop()
+                    self._server = await loop.create_server(
+                        lambda: _TlsAcceptProtocol(self), host=m.host, port=m.port,
+                        reuse_address=True,
+                    )  # fmt: skip
                 break
             except OSError as exc:
                 if attempt == BIND_ATTEMPTS:
@@ -195,6 +218,9 @@ class Listener:
         self._stopping = True
         if self._server is not None:
             self._server.close()
+        for task in list(self._accepting):
+            if task not in self._conns:
+                task.cancel()
         for task, conn in list(self._conns.items()):
             if not conn.busy:
                 task.cancel()
@@ -280,6 +306,37 @@ class Listener:
                 "mllp.connection.closed",
                 extra=fields(peer=peer, reason=reason, messages=conn.messages),
             )
+
+    async def _tls_accept(self, transport: asyncio.BaseTransport) -> None:
+        """TLS handshake in our hands, not the server's, so that a failure is logged with
+        the peer (asyncio logs failed handshakes only in debug mode; a sender with a bad
+        certificate would see unexplained drops and we would see nothing)."""
+        assert self._tls is not None and isinstance(transport, asyncio.Transport)
+        info = transport.get_extra_info("peername")
+        peer = f"{info[0]}:{info[1]}" if isinstance(info, tuple) else str(info)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            tls_transport = await asyncio.wait_for(
+                loop.start_tls(transport, protocol, self._tls, server_side=True),
+                TLS_HANDSHAKE_TIMEOUT_S,
+            )
+        except (ssl.SSLError, OSError, TimeoutError, RuntimeError) as exc:
+            log.warning(
+                "mllp.tls.handshake_failed",
+                extra=fields(peer=peer, error=f"{type(exc).__name__}: {exc}"),
+            )
+            transport.abort()
+            return
+        if tls_transport is None:  # peer went away during the handshake
+            transport.abort()
+            return
+        writer = asyncio.StreamWriter(tls_transport, protocol, reader, loop)
+        cert = writer.get_extra_info("peercert") or {}
+        subject = ",".join("=".join(kv) for rdn in cert.get("subject", ()) for kv in rdn)
+        log.info("mllp.tls.established", extra=fields(peer=peer, client_cert=subject or "-"))
+        await self._on_connection(reader, writer)
 
     async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> str:
         m = self.settings.mllp

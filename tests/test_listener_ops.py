@@ -131,7 +131,8 @@ def _client_ctx(pki: Path, with_cert: bool) -> ssl.SSLContext:
     return ctx
 
 
-def test_tls(mllp: StartFn, pki: Path) -> None:
+def test_tls(mllp: StartFn, pki: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.listener")
     lt = mllp(tls_cert_file=str(pki / "server.pem"), tls_key_file=str(pki / "server.key"))
     with MllpClient(lt.port, tls=_client_ctx(pki, False)) as c:
         assert ack_fields(c.send(msg("S1")))["MSA"][1:3] == ["AA", "S1"]
@@ -139,9 +140,17 @@ def test_tls(mllp: StartFn, pki: Path) -> None:
     # a plain-text sender cannot talk to a TLS listener
     with MllpClient(lt.port) as c, pytest.raises((ConnectionError, OSError)):
         c.send(msg("S3"))
+    wait_until(lambda: any(r.getMessage() == "mllp.tls.handshake_failed" for r in caplog.records))
 
 
-def test_mutual_tls(mllp: StartFn, pki: Path, redis_client: redis.Redis, keys: Keys) -> None:
+def test_mutual_tls(
+    mllp: StartFn,
+    pki: Path,
+    redis_client: redis.Redis,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.listener")
     lt = mllp(
         tls_cert_file=str(pki / "server.pem"),
         tls_key_file=str(pki / "server.key"),
@@ -155,6 +164,9 @@ def test_mutual_tls(mllp: StartFn, pki: Path, redis_client: redis.Redis, keys: K
     ):
         c.send(msg("T2"))
     assert len(ids(redis_client, keys)) == 1
+    established = [r for r in caplog.records if r.getMessage() == "mllp.tls.established"]
+    assert established[0].fields["client_cert"] == "commonName=client"  # type: ignore[attr-defined]
+    wait_until(lambda: any(r.getMessage() == "mllp.tls.handshake_failed" for r in caplog.records))
 
 
 # -- application ACK mode -------------------------------------------------------------------
