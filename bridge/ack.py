@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bridge.codes import AckCode, AckCondition, Hl7Error
-from bridge.msh import Msh, codec_for, version_tuple
+from bridge.msh import Msh, codec_for
 
 DEFAULT_VERSION = "2.5"
+_DEFAULT_VERSION_TUPLE = (2, 5)
 _LOCATION_RE = re.compile(r"^([A-Z][A-Z0-9]{2})[-.](\d+)(?:[-.](\d+))?(?:[-.](\d+))?$")
 
 
@@ -155,7 +156,7 @@ def build_ack(
     cs = h.component_sep
     sub = enc[3] if len(enc) > 3 else "&"
     version_raw = h.version_raw
-    version = version_tuple(h.version) or version_tuple(DEFAULT_VERSION) or (2, 5)
+    version = h.version_tuple or _DEFAULT_VERSION_TUPLE
     if not version_raw.strip():
         version_raw = DEFAULT_VERSION
     if version >= (2, 4):

@@ -13,8 +13,6 @@ is empty, so that non-ASCII sender names survive into the ACK unchanged.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
 
 #: HL7 table 0211 (alternate character sets) → Python codec. UTF-16/32 are absent on
 #: purpose: their code units can contain the MLLP framing bytes, so they cannot travel
@@ -55,6 +53,11 @@ _CHARSET_ALIASES: dict[str, str] = {
 
 #: MSH field numbers read (1-based, HL7 numbering: MSH-1 is the field separator itself).
 MSH_FIELDS = (3, 4, 5, 6, 7, 9, 10, 11, 12, 15, 16, 18)
+
+#: Bytes that can never be HL7 delimiters (letters, digits, segment ends).
+_FORBIDDEN_DELIMITERS = frozenset(
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz\r\n"
+)
 
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -97,100 +100,85 @@ def version_tuple(version: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in m.groups() if p is not None)
 
 
-@dataclass
 class Msh:
-    """The MSH fields the listener needs, decoded; empty string = absent."""
+    """The MSH fields the listener needs, decoded; empty string = absent.
 
-    field_sep: str = "|"
-    encoding_chars: str = "^~\\&"
-    fields: dict[int, str] = field(default_factory=dict)
-    codec: str = "latin-1"  # codec the message (and its ACK) is encoded in
+    Everything is computed once at construction: the gate, the intake record, the ACK
+    and the log line each read these values, and this runs once per message on the
+    event loop, so plain attributes beat properties here.
+    """
+
+    __slots__ = (
+        "accept_ack_type",
+        "application_ack_type",
+        "charset",
+        "codec",
+        "component_sep",
+        "control_id",
+        "encoding_chars",
+        "enhanced_mode",
+        "field_sep",
+        "fields",
+        "message_type",
+        "processing_id",
+        "processing_id_raw",
+        "receiving_app",
+        "receiving_facility",
+        "repetition_sep",
+        "sending_app",
+        "sending_facility",
+        "trigger",
+        "type_code",
+        "version",
+        "version_raw",
+        "version_tuple",
+    )
+
+    def __init__(
+        self,
+        field_sep: str = "|",
+        encoding_chars: str = "^~\\&",
+        fields: dict[int, str] | None = None,
+        codec: str = "latin-1",
+    ) -> None:
+        self.field_sep = field_sep
+        self.encoding_chars = encoding_chars
+        self.component_sep = encoding_chars[0] if encoding_chars else "^"
+        self.repetition_sep = encoding_chars[1] if len(encoding_chars) > 1 else "~"
+        self.codec = codec  # codec the message (and its ACK) is encoded in
+        self.fields: dict[int, str] = fields or {}
+        get = self.fields.get
+        self.sending_app = get(3, "")
+        self.sending_facility = get(4, "")
+        self.receiving_app = get(5, "")
+        self.receiving_facility = get(6, "")
+        self.control_id = get(10, "")
+        self.processing_id_raw = get(11, "")
+        self.version_raw = get(12, "")
+        self.charset = get(18, "")
+        self.type_code = self.component(9, 1)
+        self.trigger = self.component(9, 2)
+        #: ``TYPE^TRIGGER`` (MSH-9.1 and MSH-9.2), always with ``^``, e.g. ``ORM^O01``.
+        self.message_type = f"{self.type_code}^{self.trigger}" if self.trigger else self.type_code
+        #: MSH-11.1: P production, D debugging, T training.
+        self.processing_id = self.component(11, 1)
+        self.version = normalise_version(self.component(12, 1))
+        self.version_tuple = version_tuple(self.version)
+        self.accept_ack_type = self.component(15, 1).upper()
+        self.application_ack_type = self.component(16, 1).upper()
+        #: HL7 v2 2.9.3: enhanced acknowledgement mode when MSH-15 or MSH-16 is valued.
+        self.enhanced_mode = bool(get(15, "").strip() or get(16, "").strip())
 
     def get(self, number: int) -> str:
         return self.fields.get(number, "")
 
-    @property
-    def component_sep(self) -> str:
-        return self.encoding_chars[0] if self.encoding_chars else "^"
-
-    @property
-    def repetition_sep(self) -> str:
-        return self.encoding_chars[1] if len(self.encoding_chars) > 1 else "~"
-
     def component(self, number: int, index: int) -> str:
         """Component ``index`` (1-based) of the first repetition of MSH-``number``."""
-        value = self.get(number).split(self.repetition_sep, 1)[0]
-        parts = value.split(self.component_sep)
+        value = self.fields.get(number, "")
+        if not value:
+            return ""
+        parts = value.split(self.repetition_sep, 1)[0].split(self.component_sep)
         return parts[index - 1].strip() if index <= len(parts) else ""
-
-    @property
-    def sending_app(self) -> str:
-        return self.fields.get(3, "")
-
-    @property
-    def sending_facility(self) -> str:
-        return self.fields.get(4, "")
-
-    @property
-    def receiving_app(self) -> str:
-        return self.fields.get(5, "")
-
-    @property
-    def receiving_facility(self) -> str:
-        return self.fields.get(6, "")
-
-    @property
-    def control_id(self) -> str:
-        return self.fields.get(10, "")
-
-    @property
-    def processing_id_raw(self) -> str:
-        return self.fields.get(11, "")
-
-    @property
-    def version_raw(self) -> str:
-        return self.fields.get(12, "")
-
-    @property
-    def charset(self) -> str:
-        return self.fields.get(18, "")
-
-    # Derived values are read several times per message (gate, record, ACK, log line):
-    # computed once. ``fields`` is not changed after read_msh returns.
-    @cached_property
-    def accept_ack_type(self) -> str:
-        return self.component(15, 1).upper()
-
-    @cached_property
-    def application_ack_type(self) -> str:
-        return self.component(16, 1).upper()
-
-    @cached_property
-    def type_code(self) -> str:
-        return self.component(9, 1)
-
-    @cached_property
-    def trigger(self) -> str:
-        return self.component(9, 2)
-
-    @cached_property
-    def message_type(self) -> str:
-        """``TYPE^TRIGGER`` (MSH-9.1 and MSH-9.2), always with ``^``, e.g. ``ORM^O01``."""
-        return f"{self.type_code}^{self.trigger}" if self.trigger else self.type_code
-
-    @cached_property
-    def processing_id(self) -> str:
-        """MSH-11.1: P production, D debugging, T training."""
-        return self.component(11, 1)
-
-    @cached_property
-    def version(self) -> str:
-        return normalise_version(self.component(12, 1))
-
-    @cached_property
-    def enhanced_mode(self) -> bool:
-        """HL7 v2 2.9.3: enhanced acknowledgement mode when MSH-15 or MSH-16 is valued."""
-        return bool(self.get(15).strip() or self.get(16).strip())
 
     def meta(self) -> dict[str, str]:
         """Header metadata safe to log and keep with a dead letter (no patient data)."""
@@ -234,21 +222,25 @@ def read_msh(raw: bytes, default_charset: str = "8859/1") -> Msh:
         sep.isalnum()
         or sep in b"\r\n"
         or not 2 <= len(enc) <= 5
-        or len(set(delimiters[:5])) != len(delimiters[:5])
-        or any(chr(b).isalnum() or b in b"\r\n" for b in enc)
+        or len(set(delimiters)) != len(delimiters)
+        or not _FORBIDDEN_DELIMITERS.isdisjoint(enc)
     ):
         raise MshError("invalid MSH-1/MSH-2 delimiters")
     # parts[0] = "MSH", parts[1] = MSH-2, parts[n] = MSH-(n+1)
-    raw_fields = {n: parts[n - 1] for n in MSH_FIELDS if n - 1 < len(parts)}
-    msh = Msh(field_sep=chr(sep[0]), encoding_chars=enc.decode("latin-1"))
-    msh.fields = {n: v.decode("latin-1") for n, v in raw_fields.items()}
-    charset = msh.charset.split(msh.repetition_sep, 1)[0].strip()
+    n_parts = len(parts)
+    raw_fields = {n: parts[n - 1] for n in MSH_FIELDS if n - 1 < n_parts}
+    field_sep = chr(sep[0])
+    enc_text = enc.decode("latin-1")
+    rep = enc_text[1] if len(enc_text) > 1 else "~"
+    charset = raw_fields.get(18, b"").decode("latin-1").split(rep, 1)[0].strip()
     codec = codec_for(charset or default_charset)
-    if codec is None:
-        raise MshError(f"unknown character set in MSH-18: {charset!r}", msh)
-    msh.codec = codec
     try:
-        msh.fields = {n: v.decode(codec) for n, v in raw_fields.items()}
+        if codec is None:
+            raise LookupError(charset)
+        fields = {n: v.decode(codec) for n, v in raw_fields.items()}
     except (UnicodeDecodeError, LookupError):
-        raise MshError(f"MSH not decodable as {charset or default_charset}", msh) from None
-    return msh
+        partial = Msh(field_sep, enc_text, {n: v.decode("latin-1") for n, v in raw_fields.items()})
+        if codec is None:
+            raise MshError(f"unknown character set in MSH-18: {charset!r}", partial) from None
+        raise MshError(f"MSH not decodable as {charset or default_charset}", partial) from None
+    return Msh(field_sep, enc_text, fields, codec)
