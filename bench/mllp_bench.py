@@ -273,7 +273,9 @@ def main() -> None:
         results: dict[tuple[str, int], list[dict]] = {}
         for _round in range(args.rounds):
             for conns in args.connections:
-                for kind in ("baseline", "listener"):
+                # alternate who goes first, so a drift in conditions does not favour one
+                order = ("baseline", "listener") if _round % 2 == 0 else ("listener", "baseline")
+                for kind in order:
                     r.flushall()
                     load = os.getloadavg()[0]
                     res = measure(kind, settings, conns, args.seconds, args.warmup)
@@ -285,15 +287,22 @@ def main() -> None:
                         flush=True,
                     )
         print()
-        print("| connections | listener msg/s | baseline msg/s | ratio | listener p50 / p99 ms "
-              "| baseline p50 / p99 ms |")  # fmt: skip
+        print("| connections | listener msg/s | baseline msg/s | ratio (median of rounds) "
+              "| listener p50 / p99 ms | baseline p50 / p99 ms |")  # fmt: skip
         print("|---|---|---|---|---|---|")
         for conns in args.connections:
 
             def med(kind: str, key: str, c: int = conns) -> float:
                 return statistics.median(x[key] for x in results[(kind, c)])
 
-            ratio = med("listener", "msgs_per_s") / med("baseline", "msgs_per_s")
+            # Median of the per-round ratios: a baseline and a listener run back to back
+            # share the machine's conditions (other load, disk fsync latency).
+            ratio = statistics.median(
+                lis["msgs_per_s"] / base["msgs_per_s"]
+                for lis, base in zip(
+                    results[("listener", conns)], results[("baseline", conns)], strict=True
+                )
+            )
             print(
                 f"| {conns} | {med('listener', 'msgs_per_s'):.0f} | "
                 f"{med('baseline', 'msgs_per_s'):.0f} | {ratio:.2f} | "
