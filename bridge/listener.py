@@ -673,15 +673,22 @@ async def start(settings: Settings) -> Listener:
     return listener
 
 
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run a listener until ``stop`` is set, then drain and close (for supervisors)."""
+    listener = await start(settings)
+    try:
+        await stop.wait()
+        log.info("mllp.stopping", extra=fields(active=listener.active_connections))
+    finally:
+        await listener.stop()
+
+
 async def _serve_until_signal(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    listener = await start(settings)
-    await stop.wait()
-    log.info("mllp.stopping", extra=fields(active=listener.active_connections))
-    await listener.stop()
+    await serve(settings, stop)
     return 0
 
 
