@@ -233,8 +233,10 @@ def test_application_mode_timeout_is_aa_and_warns(
 
 
 def _mllp_send() -> list[str]:
-    exe = shutil.which("mllp_send")
-    return [exe] if exe else [sys.executable, "-m", "hl7.client"]
+    """python-hl7's console script of *this* interpreter's environment (CI runs pytest
+    from .venv without activating it), else its module entry point."""
+    script = Path(sys.executable).parent / "mllp_send"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "hl7.client"]
 
 
 def test_python_hl7_mllp_send(
