@@ -595,7 +595,7 @@ class Listener:
             return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (no verdict)")
         try:
             result = AppResult.from_json(popped[1])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             log.error(
                 "mllp.application_ack.invalid", extra=fields(message_id=message_id, error=str(exc))
             )
@@ -603,7 +603,7 @@ class Listener:
         if result.ok:
             return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="processed")
         try:
-            error = Hl7Error(result.code)
+            error = Hl7Error(result.code) if result.code else Hl7Error.INTERNAL_ERROR
         except ValueError:
             error = Hl7Error.INTERNAL_ERROR
         return Verdict(
