@@ -18,6 +18,7 @@ Rules (HL7 v2.5 chapter 2.9 and 2.14–2.15; the same in 2.3–2.5.1 except wher
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import time
@@ -84,6 +85,7 @@ def should_send(code: AckCode, msh: Msh | None, policy: AckPolicy) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=256)  # the same few fixed texts, once per message
 def escape(text: str, field_sep: str = "|", encoding_chars: str = "^~\\&") -> str:
     """HL7 escape sequences (chapter 2.7) for free text placed in a field."""
     specials = field_sep + encoding_chars + "\r\n"
