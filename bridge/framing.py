@@ -32,7 +32,7 @@ START_BLOCK = bytes([VT])
 END_BLOCK = bytes([FS, CR])
 
 #: Bytes between frames that senders commonly emit (line ends, padding); logged quietly.
-_WHITESPACE = frozenset(b"\r\n\t \x00")
+_WHITESPACE = b"\r\n\t \x00"
 
 
 def frame(content: bytes) -> bytes:
@@ -171,8 +171,8 @@ class Framer:
 
     def _count_junk(self, chunk: memoryview) -> None:
         self._junk += len(chunk)
-        if self._junk_ws:
-            self._junk_ws = all(b in _WHITESPACE for b in chunk)
+        if self._junk_ws:  # C-speed check: a flood of junk must not cost a Python loop
+            self._junk_ws = not bytes(chunk).translate(None, _WHITESPACE)
 
     def _flush_junk(self, events: list[Event]) -> None:
         if self._junk:
