@@ -448,13 +448,16 @@ class Listener:
         try:
             h = read_msh(content, m.default_charset)
         except MshError as exc:
-            bad_charset = exc.partial is not None and "character set" in exc.reason
+            outcome, error, location = {
+                MshError.UNKNOWN_CHARSET: (Outcome.ERROR, Hl7Error.TABLE_VALUE_NOT_FOUND, "MSH-18"),
+                MshError.UNDECODABLE: (Outcome.ERROR, Hl7Error.DATA_TYPE, ""),
+            }.get(exc.kind, (Outcome.REJECTED, Hl7Error.SEGMENT_SEQUENCE, ""))
             return Verdict(
-                Outcome.ERROR if bad_charset else Outcome.REJECTED,
+                outcome,
                 exc.partial,
-                Hl7Error.TABLE_VALUE_NOT_FOUND if bad_charset else Hl7Error.SEGMENT_SEQUENCE,
+                error,
                 text=exc.reason,
-                location="MSH-18" if bad_charset else "",
+                location=location,
                 note="unreadable",
                 dead_reason=exc.reason,
             )

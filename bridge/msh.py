@@ -65,10 +65,15 @@ _VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?")
 class MshError(Exception):
     """The MSH could not be read. ``partial`` holds whatever was read (for the NAK)."""
 
-    def __init__(self, reason: str, partial: Msh | None = None) -> None:
+    STRUCTURE = "structure"  # no MSH, bad delimiters: not HL7 as far as we can tell
+    UNKNOWN_CHARSET = "unknown_charset"  # MSH-18 names no character set we know
+    UNDECODABLE = "undecodable"  # MSH bytes invalid in the declared character set
+
+    def __init__(self, reason: str, partial: Msh | None = None, kind: str = STRUCTURE) -> None:
         super().__init__(reason)
         self.reason = reason
         self.partial = partial
+        self.kind = kind
 
 
 def codec_for(charset: str) -> str | None:
@@ -241,6 +246,8 @@ def read_msh(raw: bytes, default_charset: str = "8859/1") -> Msh:
     except (UnicodeDecodeError, LookupError):
         partial = Msh(field_sep, enc_text, {n: v.decode("latin-1") for n, v in raw_fields.items()})
         if codec is None:
-            raise MshError(f"unknown character set in MSH-18: {charset!r}", partial) from None
-        raise MshError(f"MSH not decodable as {charset or default_charset}", partial) from None
+            reason = f"unknown character set in MSH-18: {charset!r}"
+            raise MshError(reason, partial, MshError.UNKNOWN_CHARSET) from None
+        reason = f"MSH not decodable as {charset or default_charset}"
+        raise MshError(reason, partial, MshError.UNDECODABLE) from None
     return Msh(field_sep, enc_text, fields, codec)

@@ -181,6 +181,33 @@ def test_undecodable_byte_gets_a_nak_and_a_dead_letter(
     assert dl.meta["control_id"] == "MSG00002"
 
 
+def test_unknown_charset_in_msh18_is_ae_103(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp()
+    raw = msg("U1", "2.5", "|||||DE|KLINGON")
+    with MllpClient(lt.port) as c:
+        fields = ack_fields(c.send(raw))
+    assert fields["MSA"][1:3] == ["AE", "U1"]
+    assert fields["ERR"][2:4] == ["MSH^1^18", "103^Table value not found^HL70357"]
+    assert ingest(redis_client, keys) == []
+    [dl] = dead_letters(redis_client, keys)
+    assert dl.code == 103 and dl.meta["charset"] == "KLINGON"
+
+
+def test_undecodable_msh_gets_nak_echoing_control_id(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp()
+    raw = msg("U2", "2.5", "|||||DE|UNICODE UTF-8").replace(b"|RAD|", b"|R\xc9D|")
+    with MllpClient(lt.port) as c:
+        fields = ack_fields(c.send(raw))
+    assert fields["MSA"][1:3] == ["AE", "U2"]
+    assert fields["ERR"][3].startswith("102^")
+    assert ingest(redis_client, keys) == []
+    assert len(dead_letters(redis_client, keys)) == 1
+
+
 @pytest.mark.parametrize(
     ("version", "normalised", "msh9"),
     [
