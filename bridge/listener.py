@@ -136,6 +136,7 @@ class Listener:
             enhanced_mode=m.enhanced_mode,
             default_charset=m.default_charset,
         )
+        self._ack_texts = dict(m.ack_texts)
         self.client: redis.Redis = sync_client(settings.redis)
         # BLPOP for application ACKs blocks up to application_ack_timeout_s: the socket
         # timeout must be longer than that, or the wait itself would fail.
@@ -408,12 +409,16 @@ class Listener:
         if verdict.dead_reason:
             code = verdict.error or Hl7Error.INTERNAL_ERROR
             await self._dead_letter(conn, frame.content, verdict.msh, verdict.dead_reason, code)
+        text = verdict.text
+        if self._ack_texts:
+            key = "0" if verdict.outcome is Outcome.ACCEPTED else str(int(verdict.error or 207))
+            text = self._ack_texts.get(key, text)
         ack = build_ack(
             verdict.msh,
             verdict.outcome,
             self.policy,
             error=verdict.error,
-            text=verdict.text,
+            text=text,
             location=verdict.location,
         )
         if ack.send:

@@ -80,6 +80,9 @@ class MllpSettings:
     reject_code: str = field(default="AR", metadata=_choices("AR", "AE"))
     #: ACK code sent for a content error (duplicate control id with other content, ...).
     error_code: str = field(default="AE", metadata=_choices("AE", "AR"))
+    #: MSA-3 text per HL7 table 0357 code ("0" = accepted), overriding the built-in
+    #: texts, e.g. ``207=Please resend later``. Fixed texts only: no patient data.
+    ack_texts: dict[str, str] = field(default_factory=dict)
     #: Answer enhanced-mode (MSH-15/16 valued) senders with CA/CE/CR per MSH-15.
     enhanced_mode: bool = True
     #: Default charset (HL7 table 0211 name) when MSH-18 is empty, for the ACK encoding.

@@ -283,6 +283,13 @@ def test_reject_code_configurable(mllp: StartFn) -> None:
         assert ack_fields(c.send(msg("G4", "2.6")))["MSA"][1] == "AE"
 
 
+def test_ack_texts_configurable(mllp: StartFn) -> None:
+    lt = mllp(ack_texts={"0": "Thanks", "203": "Send 2.5.1 please"})
+    with MllpClient(lt.port) as c:
+        assert ack_fields(c.send(msg("K1")))["MSA"][1:4] == ["AA", "K1", "Thanks"]
+        assert ack_fields(c.send(msg("K2", "2.6")))["MSA"][1:4] == ["AR", "K2", "Send 2.5.1 please"]
+
+
 def test_garbage_frame_gets_nak_and_dead_letter(
     mllp: StartFn, redis_client: redis.Redis, keys: Keys
 ) -> None:
