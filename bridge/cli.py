@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = wsub.add_parser("purge", help="delete items scheduled before a date")
     _add_settings_flags(p)
     p.add_argument("--before", required=True, metavar="YYYYMMDD")
+    p.add_argument("--dry-run", action="store_true", help="count, do not delete")
     p.add_argument("--json", action="store_true")
 
     dead = verbs.add_parser("deadletter", help="rejected or failed messages")
