@@ -1,0 +1,224 @@
+"""Supervisor mechanics on real processes, and `mwl-bridge run` as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from redis_server import free_port
+
+from bridge.supervisor import ChildSpec, Supervisor, child_env, role_specs
+
+PY = sys.executable
+SLEEPER = [PY, "-c", "import time; time.sleep(120)"]
+
+
+def gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (a zombie awaiting its reaper counts as gone)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_for(predicate, timeout_s: float = 10.0, step_s: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return False
+
+
+def test_crashing_child_is_restarted_with_backoff() -> None:
+    sup = Supervisor(
+        [ChildSpec("crasher", [PY, "-c", "raise SystemExit(1)"]), ChildSpec("ok", SLEEPER)],
+        backoff_initial_s=0.05,
+        backoff_max_s=0.4,
+    )
+    sup.start()
+    started = time.monotonic()
+    try:
+        assert wait_for(lambda: sup.poll() is None and sup.restarts("crasher") >= 4, 15)
+        # 0.05 + 0.1 + 0.2 + 0.4 s of back-off at least, plus process start-ups.
+        assert time.monotonic() - started >= 0.7
+        assert sup.restarts("ok") == 0
+    finally:
+        sup.stop()
+    assert all(p is None for p in sup.children.values())
+
+
+def test_child_config_error_stops_the_tree() -> None:
+    sup = Supervisor(
+        [ChildSpec("bad", [PY, "-c", "raise SystemExit(2)"]), ChildSpec("ok", SLEEPER)]
+    )
+    sup.start()
+    ok_pid = sup.children["ok"].pid  # type: ignore[union-attr]
+    try:
+        codes: list[int | None] = []
+        assert wait_for(lambda: codes.append(sup.poll()) or codes[-1] is not None, 15)
+        assert codes[-1] == 2
+    finally:
+        sup.stop()
+    assert gone(ok_pid)
+
+
+def test_stubborn_child_is_killed_after_the_timeout(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = textwrap.dedent(
+        f"""
+        import signal, time, pathlib
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pathlib.Path({str(ready)!r}).touch()
+        time.sleep(120)
+        """
+    )
+    sup = Supervisor([ChildSpec("stubborn", [PY, "-c", code])], stop_timeout_s=0.5)
+    sup.start()
+    proc = sup.children["stubborn"]
+    assert proc is not None
+    assert wait_for(ready.exists, 10)
+    t0 = time.monotonic()
+    sup.stop()
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_children_die_when_the_supervisor_is_sigkilled() -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from bridge.supervisor import ChildSpec, Supervisor
+        sup = Supervisor([ChildSpec("a", {SLEEPER!r}), ChildSpec("b", {SLEEPER!r})])
+        sup.start()
+        print(*[p.pid for p in sup.children.values()], flush=True)
+        time.sleep(120)
+        """
+    )
+    parent = subprocess.Popen([PY, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        assert all(gone(pid) for pid in pids), "a child outlived its SIGKILLed supervisor"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_children_get_settings_only_from_the_rendered_file(tmp_path: Path) -> None:
+    env = child_env({"PATH": "/bin", "REDIS_URL": "x", "MWL_BRIDGE_MLLP_PORT": "1",
+                     "MWL_BRIDGE_CONFIG": "f", "HOME": "/h"})  # fmt: skip
+    assert env == {"PATH": "/bin", "HOME": "/h"}
+    specs = role_specs(tmp_path / "s.toml", 3)
+    assert [s.name for s in specs] == ["listener", "worker-1", "worker-2", "worker-3", "scp"]
+    assert specs[1].argv[-3:] == ["worker", "--config", str(tmp_path / "s.toml")]
+
+
+# -- mwl-bridge run ----------------------------------------------------------------------
+class Run:
+    """`mwl-bridge run` in a subprocess with a private data dir and embedded Redis."""
+
+    def __init__(self, tmp_path: Path, *extra: str) -> None:
+        self.mllp_port, self.dicom_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.log = tmp_path / "run.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_BRIDGE_")} | {
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "TMPDIR": str(tmp_path),
+        }
+        env.pop("REDIS_URL", None)
+        self.data_dir = tmp_path / "data" / "mwl-bridge" / "redis"
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [PY, "-m", "bridge", "run",
+             "--mllp-host", "127.0.0.1", "--mllp-port", str(self.mllp_port),
+             "--dicom-host", "127.0.0.1", "--dicom-port", str(self.dicom_port),
+             "--metrics-port", str(self.metrics_port), *extra],
+            env=env, stdout=self._fh, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pids(self) -> set[int]:
+        text = self.text()
+        found = {int(m) for m in re.findall(r"child\.started child=\S+ pid=(\d+)", text)}
+        found |= {int(m) for m in re.findall(r"redis\.embedded\.started pid=(\d+)", text)}
+        return found
+
+    def get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2
+            ) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as err:
+            return int(err.code)
+        except OSError:
+            return 0
+
+    def terminate(self, timeout_s: float = 30.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._fh.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._fh.close()
+
+
+@pytest.mark.slow
+def test_run_starts_embedded_redis_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    run = Run(tmp_path, "--workers", "2")
+    try:
+        assert wait_for(lambda: "Stop with Ctrl-C" in run.text(), 30), run.text()
+        banner = run.text()
+        assert f"HL7 MLLP listener  127.0.0.1:{run.mllp_port}" in banner
+        assert f"DICOM MWL SCP      127.0.0.1:{run.dicom_port}  AE title MWL_BRIDGE" in banner
+        assert f"embedded unix://{run.data_dir}/redis.sock" in banner
+        assert "AOF always" in banner and "Workers            2" in banner
+        assert wait_for(lambda: run.get("/healthz") == 200, 15)
+        assert run.get("/metrics") == 200
+        assert wait_for(lambda: len(run.pids()) >= 5, 15)  # redis, listener, 2 workers, scp
+        assert (run.data_dir / "redis.url").exists()
+        assert run.terminate() == 0
+    finally:
+        run.kill()
+    pids = run.pids()
+    assert all(gone(pid) for pid in pids), f"left behind: {pids} \n{run.text()}"
+    assert not (run.data_dir / "redis.url").exists()
+    assert "run.stopped code=0" in run.text()
+
+
+def test_run_with_invalid_settings_starts_nothing(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_BRIDGE_")}
+    env["XDG_DATA_HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [PY, "-m", "bridge", "run", "--workers", "-1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "mwl-bridge: invalid setting worker.workers: -1 must not be negative"
+    ]
+    assert not (tmp_path / "mwl-bridge").exists()  # no Redis data dir was even created
