@@ -320,7 +320,7 @@ def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     hb_prefix = keys.heartbeat("", "")[:-1]  # "<prefix>:hb:" → entries "role:instance"
     instances = sorted(
         k.decode()[len(hb_prefix) :]
-        for k in client.scan_iter(match=keys.heartbeat("*", "*"), count=100)
+        for k in client.scan_iter(match=keys.heartbeat("*", "*"), count=1000)
     )
     return {
         "queue": {
@@ -336,7 +336,7 @@ def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         "instances": instances,
         "items": {
             "total": WorklistStore(client, keys).count(),
-            "by_status": status_counts(client, keys),
+            "by_status": {s: n for s, n in status_counts(client, keys).items() if n},
         },
         "deadletters": deadletter.count(client, keys),
         "redis": info,

@@ -47,6 +47,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bridge import deadletter
+from bridge.codes import SpsStatus
 from bridge.keys import Keys
 from bridge.logs import fields
 
@@ -222,15 +223,13 @@ class RedisCollector(Collector):
 
 
 def status_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Item count per SPS status, from the store's ``idx:status:<status>`` sets."""
-    prefix = keys.index("status", "")
-    names = [k.decode() for k in client.scan_iter(match=prefix + "*", count=100)]
-    if not names:
-        return {}
+    """Item count per SPS status (every defined term, zeros included), from the store's
+    ``idx:status:<status>`` sets: one SCARD each, never a scan of the keyspace."""
+    statuses = [str(s) for s in SpsStatus]
     pipe = client.pipeline(transaction=False)
-    for key in names:
-        pipe.scard(key)
-    return {k[len(prefix) :]: int(n) for k, n in zip(names, pipe.execute(), strict=True)}
+    for status in statuses:
+        pipe.scard(keys.index("status", status))
+    return {s: int(n) for s, n in zip(statuses, pipe.execute(), strict=True)}
 
 
 # -- HTTP -------------------------------------------------------------------------------

@@ -104,6 +104,7 @@ def test_metrics_after_traffic(server, redis_client: redis.Redis, keys: Keys) ->
     assert got[("mwl_workers_alive", (("queue", "mwl-ingest"),))] == 0
     assert got[("mwl_worklist_items", (("status", "SCHEDULED"),))] == 2
     assert got[("mwl_worklist_items", (("status", "COMPLETED"),))] == 1
+    assert got[("mwl_worklist_items", (("status", "ARRIVED"),))] == 0  # every defined term
     assert got[("mwl_deadletters", ())] == 1
 
 
