@@ -48,6 +48,7 @@ from prometheus_client.registry import Collector
 
 from bridge import deadletter
 from bridge.codes import SpsStatus
+from bridge.errors import ConfigError
 from bridge.keys import Keys
 from bridge.logs import fields
 
@@ -247,7 +248,13 @@ class MetricsServer:
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
         handler = _handler(registry)
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            # Port taken or address not local: the operator's setting, so exit 2 naming it.
+            raise ConfigError(
+                "obs.metrics_port", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, args=(0.1,), name="metrics-http", daemon=True

@@ -263,7 +263,14 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             redis_desc = mask_url(url)
         else:
             redis_server = EmbeddedRedis(settings.redis)
-            url = redis_server.start()
+            try:
+                url = redis_server.start()
+            except RuntimeError as exc:
+                log.error("run.redis_failed", extra=fields(error=str(exc)))
+                print(f"mwl-bridge: embedded Redis did not start: {exc}", file=sys.stderr)
+                redis_server = None
+                code = 1
+                return code
             redis_desc = (
                 f"embedded {url} (redis-server {redis_server.version()}, AOF always, "
                 f"data {redis_server.dir}, log {redis_server.log_file})"

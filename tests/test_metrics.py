@@ -165,3 +165,18 @@ def test_counters_of_child_processes_are_summed(tmp_path: Path) -> None:
         assert got[("mwl_cfind_duration_seconds_count", ())] == 2
     finally:
         srv.close()
+
+
+def test_metrics_port_in_use_is_a_config_error(capsys) -> None:
+    import socket
+
+    from bridge.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["run", "--metrics-port", str(port), "--redis-url", "redis://127.0.0.1:1/0",
+                     "--workers", "0"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mwl-bridge: invalid setting obs.metrics_port: cannot listen")
