@@ -143,3 +143,17 @@ def test_run_with_invalid_settings_starts_nothing(tmp_path: Path) -> None:
         "mwl-bridge: invalid setting worker.workers: -1 must not be negative"
     ]
     assert not (tmp_path / "mwl-bridge").exists()  # no Redis data dir was even created
+
+
+@pytest.mark.slow
+def test_sigkilled_run_leaves_no_redis_or_child(tmp_path: Path) -> None:
+    run = Run(tmp_path, "--workers", "1")
+    try:
+        assert wait_for(lambda: "redis.embedded.started" in run.text(), 30), run.text()
+        assert wait_for(lambda: len(run.pids()) >= 4, 15)
+        run.proc.kill()  # no chance to clean up: the kernel's death signal must do it
+        run.proc.wait(timeout=10)
+    finally:
+        run.kill()
+    assert all(gone(pid) for pid in run.pids()), run.text()
+    assert processes_with_env(f"XDG_DATA_HOME={tmp_path / 'data'}") == []
