@@ -26,7 +26,7 @@ def _prctl() -> Callable[..., int] | None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:  # pragma: no cover - every glibc/musl system has it
         return None
-    return libc.prctl  # type: ignore[no-any-return]
+    return libc.prctl
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:

@@ -239,7 +239,7 @@ def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=multiproc_dir)
+    multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
     return registry
 
 
@@ -336,4 +336,4 @@ class _Chain(Collector):
         self._inner = inner
 
     def collect(self) -> Iterator[Any]:
-        return self._inner.collect()
+        yield from self._inner.collect()

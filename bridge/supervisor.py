@@ -298,7 +298,7 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             if metrics_dir is not None:
                 from prometheus_client import multiprocess
 
-                multiprocess.mark_process_dead(pid, str(metrics_dir))
+                multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
         supervisor = Supervisor(
             role_specs(config_path, settings.worker.workers), env=env, on_exit=mark_dead
