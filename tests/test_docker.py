@@ -147,7 +147,8 @@ def image() -> Iterator[str]:
         )  # fmt: skip
         assert _podman("import", str(tar), BASE_IMAGE).returncode == 0
         tar.unlink()
-    args = ["build", "--format", "docker", "--isolation", "chroot",
+    # --layers=false: no intermediate images pile up on a developer's machine.
+    args = ["build", "--format", "docker", "--isolation", "chroot", "--layers=false",
             "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
             "-f", str(DOCKERFILE), "-t", IMAGE]  # fmt: skip
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -161,6 +162,7 @@ def image() -> Iterator[str]:
     built = _podman(*args, str(ROOT))
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     yield IMAGE
+    _podman("rmi", "-f", IMAGE)  # the Debian base stays cached for the next run
 
 
 @pytest.mark.slow
