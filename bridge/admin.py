@@ -174,7 +174,7 @@ def worklist_show(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _emit(json.loads(item.to_json()), True, "")
         return 0
-    updated = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(item.updated_at))
+    updated = _iso(item.updated_at) if item.updated_at else "-"
     print(f"# item {item.item_id}  order={item.order_key or '-'}  worklist={item.worklist or '-'}")
     print(f"# status={item.status}  held={item.hidden}  seq={item.seq}  updated={updated}")
     ds = to_dataset(item.attrs)
