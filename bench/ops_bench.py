@@ -17,16 +17,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-import redis  # noqa: E402
-from bridge_process import Run, gone, wait_for  # noqa: E402
-from redis_server import RedisServer  # noqa: E402
+import redis
+from bridge_process import Run, gone, wait_for
+from redis_server import RedisServer
 
-from bridge import metrics  # noqa: E402
-from bridge.embedded_redis import EmbeddedRedis  # noqa: E402
-from bridge.keys import Keys  # noqa: E402
-from bridge.settings import RedisSettings  # noqa: E402
-from bridge.store import WorklistStore  # noqa: E402
-from bridge.worklist import SPS, WorklistItem  # noqa: E402
+from bridge import metrics
+from bridge.embedded_redis import EmbeddedRedis
+from bridge.keys import Keys
+from bridge.settings import RedisSettings
+from bridge.store import WorklistStore
+from bridge.worklist import SPS, WorklistItem
 
 
 def ms(values: list[float]) -> str:
