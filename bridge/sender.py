@@ -2,8 +2,10 @@
 
 Each file may hold several messages, separated by blank lines or simply by the next
 ``MSH`` segment; segment separators on disk may be CR, LF or CRLF and are sent as CR.
-Bytes are sent as they are (the charset is whatever MSH-18 says). All messages go over
-one connection, one at a time: a message is sent only after the previous ACK arrived,
+Bytes are sent as they are (the charset is whatever MSH-18 says). ``--tls`` connects with
+TLS, verifying the listener against ``--tls-ca`` (or the system CAs), and
+``--tls-client-cert`` presents a client certificate for listeners that require one.
+All messages go over one connection, one at a time: a message is sent only after the previous ACK arrived,
 as MLLP requires. For each message the command prints MSH-10 and the ACK's MSA-1,
 MSA-2, MSA-3 and any ERR segment, and it exits 1 if any ACK is not AA/CA, is missing
 (timeout) or the connection fails.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass
@@ -87,9 +90,12 @@ def parse_ack(message: bytes) -> Ack:
 class MllpConnection:
     """One client connection; :meth:`exchange` sends a message and reads its ACK."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+    def __init__(
+        self, host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.timeout_s = timeout_s
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls else sock
         self._buf = b""
 
     def exchange(self, message: bytes) -> bytes:
@@ -118,6 +124,14 @@ class MllpConnection:
         self.sock.close()
 
 
+def tls_context(ca_file: str | None, client_cert: str | None) -> ssl.SSLContext:
+    """Verifying client context: the given CA (else the system's), optional client cert."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if client_cert:
+        ctx.load_cert_chain(client_cert)
+    return ctx
+
+
 def command(settings: Settings, args: argparse.Namespace) -> int:
     port = args.port or settings.mllp.port
     batches: list[tuple[str, bytes]] = []
@@ -132,8 +146,15 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
     if not batches:
         print("mwl-bridge: no HL7 message in the given files", file=sys.stderr)
         return EXIT_NEGATIVE
+    tls = None
+    if getattr(args, "tls", False) or getattr(args, "tls_ca", None):
+        try:
+            tls = tls_context(args.tls_ca, args.tls_client_cert)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"mwl-bridge: cannot load TLS files: {exc}", file=sys.stderr)
+            return EXIT_NEGATIVE
     try:
-        conn = MllpConnection(args.host, port, args.timeout)
+        conn = MllpConnection(args.host, port, args.timeout, tls)
     except OSError as exc:
         print(f"mwl-bridge: cannot connect to {args.host}:{port}: {exc}", file=sys.stderr)
         return EXIT_NEGATIVE

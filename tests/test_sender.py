@@ -118,3 +118,41 @@ def test_connection_refused_and_unreadable_file(tmp_path: Path, capsys) -> None:
 def test_parse_ack_with_other_separator() -> None:
     ack = parse_ack(b"MSH#^~\\&#X\rMSA#CA#C9#ok\r")
     assert (ack.code, ack.control_id, ack.text, ack.positive) == ("CA", "C9", "ok", True)
+
+
+def test_send_over_tls_verifies_the_listener(tmp_path: Path, capsys) -> None:
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+
+    class TlsServer(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+
+        def get_request(self):
+            sock, addr = super().get_request()
+            return ctx.wrap_socket(sock, server_side=True), addr
+
+    srv = TlsServer(("127.0.0.1", 0), MllpHandler)
+    srv.received = []  # type: ignore[attr-defined]
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        port = str(srv.server_address[1])
+        sample = str(SAMPLES / "orm_new.hl7")
+        assert main(["send", "--port", port, "--tls", "--tls-ca", str(cert), sample]) == 0
+        assert "MSA-1=AA  MSA-2=OPS0001" in capsys.readouterr().out
+        # Without the CA the self-signed listener is not trusted: no message is sent.
+        assert main(["send", "--port", port, "--tls", sample]) == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+        assert len(srv.received) == 1  # type: ignore[attr-defined]
+    finally:
+        srv.shutdown()
+        srv.server_close()
