@@ -5,10 +5,10 @@ Each file may hold several messages, separated by blank lines or simply by the n
 Bytes are sent as they are (the charset is whatever MSH-18 says). ``--tls`` connects with
 TLS, verifying the listener against ``--tls-ca`` (or the system CAs), and
 ``--tls-client-cert`` presents a client certificate for listeners that require one.
-All messages go over one connection, one at a time: a message is sent only after the previous ACK arrived,
-as MLLP requires. For each message the command prints MSH-10 and the ACK's MSA-1,
-MSA-2, MSA-3 and any ERR segment, and it exits 1 if any ACK is not AA/CA, is missing
-(timeout) or the connection fails.
+All messages go over one connection, one at a time: a message is sent only after the
+previous ACK arrived, as MLLP requires. For each message the command prints MSH-10 and
+the ACK's MSA-1, MSA-2, MSA-3 and any ERR segment, and it exits 1 if any ACK is not
+AA/CA, is missing (timeout) or the connection fails.
 """
 
 from __future__ import annotations
