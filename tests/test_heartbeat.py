@@ -35,3 +35,32 @@ def test_a_dead_process_expires(redis_client: redis.Redis, keys: Keys) -> None:
     while redis_client.exists(keys.heartbeat("worker", "gone-1")):
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def test_role_runtime_serves_health_and_announces_the_role(redis_url: str, redis_client,
+                                                          keys) -> None:  # fmt: skip
+    import urllib.request
+
+    from redis_server import free_port
+
+    from bridge import metrics
+    from bridge.role_runtime import RoleRuntime
+    from bridge.settings import load_settings
+
+    port = free_port()
+    settings = load_settings(
+        {"redis.url": redis_url, "obs.metrics_port": str(port), "obs.metrics_host": "127.0.0.1"},
+        env={},
+    )
+    rt = RoleRuntime.start(settings, "listener")
+    try:
+        assert len(redis_client.keys(keys.heartbeat("listener", "*"))) == 1
+        metrics.register_readiness("mllp", lambda: True)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            assert json.loads(resp.read()) == {"ready": True,
+                                               "checks": {"redis": True, "mllp": True}}  # fmt: skip
+    finally:
+        metrics.unregister_readiness("mllp")
+        rt.stop()
+    assert redis_client.keys(keys.heartbeat("listener", "*")) == []
+    assert metrics.readiness() == {}
