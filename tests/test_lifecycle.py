@@ -57,8 +57,9 @@ def test_xo_updates_in_place_without_rekey(redis_client: redis.Redis, wsettings:
     run(redis_client, wsettings, orm(zds=None))
     before = items(redis_client, wsettings)[0]
     # Reschedule, new room, new procedure (new RPID/SPS ID): same item, same Study UID.
+    new_proc = {19: "RP9", 20: "SPS9", 4: "NEW^New proc^LOCAL^NP^New protocol^LOCAL"}
     xo = orm(control="XO", status="SC", zds=None, start="20260706090000", station="CT_ROOM2",
-             obrs=[{19: "RP9", 20: "SPS9", 4: "NEW^New proc^LOCAL^NP^New protocol^LOCAL"}])  # fmt: skip
+             obrs=[new_proc])  # fmt: skip
     run(redis_client, wsettings, xo)
     after = items(redis_client, wsettings)
     assert len(after) == 1 and after[0].item_id == before.item_id
@@ -87,12 +88,15 @@ def test_sc_status_changes_and_cm_completes(redis_client: redis.Redis, wsettings
     t0 = time.time()
     run(redis_client, wsettings, orm(control="SC", status="CM"))
     assert [s[1] for s in statuses(redis_client, wsettings)] == ["COMPLETED"]
-    (iid, score), = redis_client.zrange(Keys().expiry, 0, -1, withscores=True)  # fmt: skip
+    ((_, score),) = redis_client.zrange(Keys().expiry, 0, -1, withscores=True)
     assert abs(score - (t0 + wsettings.worker.retention_completed_s)) < 30
 
 
-@pytest.mark.parametrize("control,status,final", [("CA", "CA", "CANCELED"), ("DC", "CA", "DISCONTINUED"),
-                                                  ("OC", "", "CANCELED"), ("XO", "CM", "COMPLETED")])  # fmt: skip
+@pytest.mark.parametrize(
+    "control,status,final",
+    [("CA", "CA", "CANCELED"), ("DC", "CA", "DISCONTINUED"), ("OC", "", "CANCELED"),
+     ("XO", "CM", "COMPLETED")],
+)  # fmt: skip
 def test_final_states_retained_then_purged(
     redis_client: redis.Redis, wsettings: Settings, control: str, status: str, final: str
 ) -> None:
