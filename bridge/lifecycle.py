@@ -110,8 +110,10 @@ class Planner:
 
     def _resolve(self, aliases: list[str]) -> tuple[str, dict[str, str]]:
         """(canonical order key, its state) for the first alias already known."""
+        pipe = self.r.pipeline(transaction=False)
         for alias in aliases:
-            data = self.r.hgetall(self.keys.order(alias))
+            pipe.hgetall(self.keys.order(alias))
+        for alias, data in zip(aliases, pipe.execute(), strict=True):
             if data:
                 text = {k.decode(): v.decode() for k, v in data.items()}
                 canonical = text.get("canonical", alias)
@@ -126,12 +128,9 @@ class Planner:
     def _items_of(self, plan: Plan, canonical: str) -> list[WorklistItem]:
         ids = set(self.store.ids_for("order", canonical))
         ids |= {i for i, it in plan.upserts.items() if it.order_key == canonical}
-        out = []
-        for i in sorted(ids):
-            it = plan.upserts.get(i) or self.store.get(i)
-            if it is not None:
-                out.append(it)
-        return out
+        staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
+        stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))
+        return sorted([*staged, *stored], key=lambda it: it.item_id)
 
     def _group(
         self,

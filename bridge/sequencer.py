@@ -48,33 +48,59 @@ log = logging.getLogger(__name__)
 
 RESULT_TTL_S = 120
 
-_RELEASE_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+# Store a parsed outcome (optional), acquire the apply lock and peek at the head, in one
+# round trip (one fsync with appendfsync always).
+# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc.
+# Returns {acquired, head or false, parsed doc or false, seq}.
+_ACQUIRE_LUA = """
+if ARGV[4] ~= '' then redis.call('SET', ARGV[3] .. ARGV[4], ARGV[5], 'NX') end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return {1, false, false, 0} end
+local doc = redis.call('GET', ARGV[3] .. head)
+local seq = 0
+if doc then seq = redis.call('INCR', KEYS[3]) end
+return {1, head, doc, seq}
 """
-_EXTEND_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
+# Release the lock if still ours, then report whether the head is parsed (lost wake-up).
+# KEYS: lock, ingest. ARGV: token, parsed key prefix.
+_RELEASE_PEEK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return 0 end
+return redis.call('EXISTS', ARGV[2] .. head)
 """
-# KEYS: lock, ingest, parsed(head), message(head), then the order state keys.
-# ARGV: token, head, message retention s, then per state key: json fields, ttl.
+# KEYS: lock, ingest, parsed(head), message(head), seq, then the order state keys.
+# ARGV: token, head, message retention s, lock ttl ms, parsed key prefix, then per state
+# key: json fields, ttl. Returns {status, next head or false, its doc or false, seq}:
+# status 1 = the next head is parsed (lock renewed), 2 = lock released, <0 = not applied.
 _FINALIZE_LUA = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return -2 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, false, false, 0} end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {-2, false, false, 0} end
 redis.call('LPOP', KEYS[2])
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'state', 'applied')
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
-for i = 5, #KEYS do
-  local a = 4 + (i - 5) * 2
+for i = 6, #KEYS do
+  local a = 6 + (i - 6) * 2
   local data = cjson.decode(ARGV[a])
   for k, v in pairs(data) do redis.call('HSET', KEYS[i], k, v) end
   local ttl = tonumber(ARGV[a + 1])
   if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
 end
-return 1
+local head = redis.call('LINDEX', KEYS[2], 0)
+local doc = false
+if head then doc = redis.call('GET', ARGV[5] .. head) end
+if not doc then
+  -- Nothing more to apply: release here, atomically with the check, so a worker that
+  -- stores an outcome after this script finds the lock free (no lost wake-up).
+  redis.call('DEL', KEYS[1])
+  return {2, head, false, 0}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {1, head, doc, redis.call('INCR', KEYS[5])}
 """
 
 #: parse(message_id, hash fields) → MappingResult; raises PermanentError / TransientError.
@@ -100,32 +126,38 @@ class Sequencer:
         self.settings = settings
         self.parse_fn = parse
         self.planner = Planner(client, keys, store, settings)
-        self._release = client.register_script(_RELEASE_LUA)
-        self._extend = client.register_script(_EXTEND_LUA)
+        self._acquire = client.register_script(_ACQUIRE_LUA)
+        self._release_peek = client.register_script(_RELEASE_PEEK_LUA)
         self._finalize = client.register_script(_FINALIZE_LUA)
 
     # -- parse (parallel) ----------------------------------------------------------------
     def process(self, message_id: str) -> str:
         """Parse+map one message if not done yet, then apply whatever is in line."""
         try:
-            outcome = self._parse_once(message_id)
-            self.drain()
+            outcome, doc = self._parse_once(message_id)
+            self.drain((message_id, doc) if doc else None)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis failed while processing a message: {exc}") from exc
         return outcome
 
-    def _parse_once(self, message_id: str) -> str:
+    def _parse_once(self, message_id: str) -> tuple[str, str]:
+        """(outcome, parsed JSON to store or "" when nothing new was parsed)."""
         k = self.keys
-        if self.r.exists(k.parsed(message_id)):
-            return "already_parsed"
-        raw_meta = self.r.hgetall(k.message(message_id))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(k.parsed(message_id))
+        pipe.hgetall(k.message(message_id))
+        parsed, raw_meta = pipe.execute()
+        if parsed:
+            return "already_parsed", ""
         if not raw_meta:
             log.warning("message.missing", extra=fields(message_id=message_id))
-            return "missing"
+            return "missing", ""
         meta = {key.decode(): value for key, value in raw_meta.items()}
         if meta.get("state") == b"applied":
-            return "already_applied"
-        attempts = int(self.r.hincrby(k.message(message_id), "attempts", 1))
+            return "already_applied", ""
+        # Counted only by the stuck-head recovery: a message that kills its worker each
+        # time is dead-lettered instead of blocking the line forever.
+        attempts = int(meta.get("recoveries", b"0"))
         text_meta = {
             key: v.decode("utf-8", "replace")
             for key, v in meta.items()
@@ -133,9 +165,9 @@ class Sequencer:
         }
         doc: dict[str, Any]
         try:
-            if attempts > self.settings.max_retries + 2:
+            if attempts > self.settings.max_retries:
                 raise PermanentError(
-                    f"gave up after {attempts - 1} attempts (the worker died each time)",
+                    f"gave up after {attempts} recoveries (the worker died each time)",
                     Hl7Error.INTERNAL_ERROR,
                 )
             result = self.parse_fn(message_id, meta)
@@ -155,8 +187,8 @@ class Sequencer:
             self._reject(message_id, meta, text_meta, code, location, reason)
             doc = {"kind": "rejected", "code": int(code), "location": location, "reason": reason}
             outcome = "rejected"
-        self.r.set(k.parsed(message_id), json.dumps(doc, ensure_ascii=False), nx=True)
-        return outcome
+        # Stored with SET NX (a re-run never replaces it) by drain's first round trip.
+        return outcome, json.dumps(doc, ensure_ascii=False)
 
     def _reject(
         self,
@@ -216,57 +248,78 @@ class Sequencer:
         pipe.execute()
 
     # -- apply (serial, in ACK order) ----------------------------------------------------
-    def drain(self) -> int:
-        """Apply every parsed message at the head of the line; returns how many."""
+    def drain(self, store: tuple[str, str] | None = None) -> int:
+        """Store ``(message_id, parsed JSON)`` if given, then apply every parsed message
+        at the head of the line; returns how many were applied.
+
+        Round trips (write ones fsync with appendfsync always) per applied message: the
+        planner's reads, the fenced item write, and one finalize script that pops the
+        head and either hands back the next parsed head (lock renewed) or releases.
+        """
         k = self.keys
         applied = 0
         lock_ms = int(self.settings.apply_lock_ttl_s * 1000)
+        prefix = k.parsed("")
         while True:
             token = uuid.uuid4().hex
-            if not self.r.set(k.apply_lock, token, nx=True, px=lock_ms):
-                return applied  # the holder re-checks the head after releasing
+            mid, doc_json = store or ("", "")
+            store = None
+            acquired, head_raw, doc, seq = self._acquire(
+                keys=[k.apply_lock, k.ingest_order, k.sequence],
+                args=[token, lock_ms, prefix, mid, doc_json],
+            )
+            if not acquired:
+                return applied  # the holder checks the head again before it releases
+            held = True
             try:
-                while True:
-                    head_raw = self.r.lindex(k.ingest_order, 0)
-                    if head_raw is None:
-                        break
+                while head_raw and doc:
                     head = head_raw.decode()
-                    doc = self.r.get(k.parsed(head))
-                    if doc is None:
-                        if not self.r.exists(k.message(head)):
-                            # Nothing will ever parse it: log loudly and move on.
-                            log.error("head.message_missing", extra=fields(message_id=head))
-                            self._finish(head, token, {})
-                            continue
-                        break
-                    if not self._extend(keys=[k.apply_lock], args=[token, lock_ms]):
-                        raise LockLost("apply lock expired")
-                    self._apply_one(head, doc, token)
+                    states = self._plan_and_write(head, doc, token, int(seq))
+                    status, head_raw, doc, seq = self._finish(head, token, states, lock_ms)
                     applied += 1
+                    held = status != 2  # 2 = released by the finalize script
+                if (
+                    held
+                    and head_raw
+                    and not doc
+                    and not self.r.exists(k.message(head_raw.decode()))
+                ):
+                    # Nothing will ever parse it: log loudly and move on.
+                    log.error("head.message_missing", extra=fields(message_id=head_raw.decode()))
+                    status, _, _, _ = self._finish(head_raw.decode(), token, {}, lock_ms)
+                    held = status != 2  # 2 = released by the finalize script
+                    continue
             except LockLost:
                 log.warning("apply.lock_lost")
                 return applied
             finally:
-                self._release(keys=[k.apply_lock], args=[token])
-            head_raw = self.r.lindex(k.ingest_order, 0)
-            if head_raw is None or not self.r.exists(k.parsed(head_raw.decode())):
+                if held:
+                    # Release, then look again: a worker that stored its outcome while we
+                    # held the lock found it busy and left (no lost wake-up).
+                    again = self._release_peek(
+                        keys=[k.apply_lock, k.ingest_order], args=[token, prefix]
+                    )
+                else:
+                    again = 0
+            if not again:
                 return applied
 
-    def _apply_one(self, head: str, doc_raw: bytes, token: str) -> None:
-        order_states: dict[str, tuple[dict[str, str], int]] = {}
+    def _plan_and_write(
+        self, head: str, doc_raw: bytes, token: str, seq: int
+    ) -> dict[str, tuple[dict[str, str], int]]:
         try:
             doc = json.loads(doc_raw)
-            if doc.get("kind") == "ops":
-                result = MappingResult.from_dict(doc["result"])
-                seq = int(self.r.incr(self.keys.sequence))
-                plan = self.planner.plan(result, time.time(), seq)
-                if plan.upserts:
-                    self.store.apply(
-                        plan.upserts.values(),
-                        expire_at=plan.expire_at,
-                        fence=(self.keys.apply_lock, token),
-                    )
-                order_states = plan.order_states
+            if doc.get("kind") != "ops":
+                return {}
+            result = MappingResult.from_dict(doc["result"])
+            plan = self.planner.plan(result, time.time(), seq)
+            if plan.upserts:
+                self.store.apply(
+                    plan.upserts.values(),
+                    expire_at=plan.expire_at,
+                    fence=(self.keys.apply_lock, token),
+                )
+            return plan.order_states
         except (TransientError, redis.RedisError):
             raise
         except Exception:
@@ -284,20 +337,24 @@ class Sequencer:
                 "",
                 "could not apply the mapped order",
             )
-            order_states = {}
-        self._finish(head, token, order_states)
+            return {}
 
-    def _finish(self, head: str, token: str, states: dict[str, tuple[dict[str, str], int]]) -> None:
+    def _finish(
+        self, head: str, token: str, states: dict[str, tuple[dict[str, str], int]], lock_ms: int
+    ) -> tuple[int, Any, Any, Any]:
+        """Pop the head (fenced) with the order states; returns (status, next head, its
+        parsed doc, seq)."""
         k = self.keys
-        keys = [k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), *states]
-        args: list[Any] = [token, head, self.settings.processed_retention_s]
+        keys = [k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), k.sequence, *states]
+        args: list[Any] = [token, head, self.settings.processed_retention_s, lock_ms, k.parsed("")]
         for data, ttl in states.values():
             args.extend([json.dumps(data, ensure_ascii=False), ttl])
-        done = int(self._finalize(keys=keys, args=args))
-        if done == -1:
+        status, nxt, doc, seq = self._finalize(keys=keys, args=args)
+        if status == -1:
             raise LockLost("apply lock lost before finalize")
-        if done == -2:
+        if status == -2:
             log.warning("apply.head_moved", extra=fields(message_id=head))
+        return int(status), nxt, doc, seq
 
     # -- crash recovery ----------------------------------------------------------------
     def recover(self, now: float | None = None) -> str:

@@ -119,8 +119,9 @@ class WorkerSettings:
     maintenance_interval_s: int = 10
     #: TTL of the apply lock; it is renewed before each message is applied.
     apply_lock_ttl_s: float = 30.0
-    #: rq worker class: ``fork`` (a crashing job cannot take the worker down) or ``simple``.
-    worker_class: str = field(default="fork", metadata=_choices("fork", "simple"))
+    #: rq worker class: ``simple`` runs jobs in the worker process (rq's fork per job
+    #: roughly halves throughput); ``fork`` isolates each job in a work horse process.
+    worker_class: str = field(default="simple", metadata=_choices("fork", "simple"))
 
 
 @dataclass(frozen=True)
