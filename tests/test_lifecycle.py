@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -213,3 +214,18 @@ def test_application_ack_results(redis_client: redis.Redis, wsettings: Settings)
     # commit mode pushes nothing
     (mid,) = run(redis_client, wsettings, orm(placer="P2"))
     assert redis_client.exists(k.result(mid)) == 0
+
+
+def test_per_sender_mapping_and_default_charset(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A sender whose MSH-18 is empty but who sends UTF-8: its own file says so."""
+    site = tmp_path / "utf8-sender.yaml"
+    site.write_text("extends: default\ndefault_charset: UNICODE UTF-8\n", encoding="utf-8")
+    s = load_settings(
+        {"redis.url": redis_url, "worker.worker_class": "simple",
+         "worker.sender_mappings": {"RIS|HOSP": str(site)}},
+        env={},
+    )  # fmt: skip
+    run(redis_client, s, orm(patient_name="ŁUKASZ^ZOË").encode("utf-8"))
+    assert items(redis_client, s)[0].attrs["PatientName"] == "ŁUKASZ^ZOË"

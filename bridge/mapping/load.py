@@ -427,8 +427,15 @@ class MappingRegistry:
         self.by_sender = {k: load_mapping(v) for k, v in (sender_mappings or {}).items()}
 
     def for_sender(self, sending_app: str, sending_facility: str) -> Mapping:
-        return (
-            self.by_sender.get(f"{sending_app}|{sending_facility}")
-            or self.by_sender.get(sending_app)
-            or self.default
-        )
+        """MSH-3/MSH-4 as sent (HD: ``namespace^universal id^type``) or their first
+        component, most specific key first."""
+        app1, fac1 = sending_app.split("^")[0], sending_facility.split("^")[0]
+        for key in (
+            f"{sending_app}|{sending_facility}",
+            f"{app1}|{fac1}",
+            sending_app,
+            app1,
+        ):
+            if key in self.by_sender:
+                return self.by_sender[key]
+        return self.default
