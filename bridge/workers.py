@@ -126,7 +126,9 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             queue=ctx.keys.queue_name(), burst=bool(args.burst), cls=type(worker).__name__
         ),
     )
-    worker.work(burst=bool(args.burst), logging_level=settings.obs.log_level)
+    # with_scheduler: rq puts a retry with a backoff interval in its ScheduledJobRegistry,
+    # and only a worker running the scheduler moves it back to the queue.
+    worker.work(burst=bool(args.burst), logging_level=settings.obs.log_level, with_scheduler=True)
     if args.burst:
         maintenance(ctx)
     return 0

@@ -259,3 +259,18 @@ def test_per_sender_selection(tmp_path: Path) -> None:
     assert reg.for_sender("LAB", "X") is reg.by_sender["LAB"]
     raw = (SAMPLES / "orm_v24_utf8_escapes.hl7").read_bytes()
     assert first(mapped(raw, reg.by_sender["LAB"])).attrs["PatientID"] == "777"
+
+
+def test_unmapped_segments_are_warned() -> None:
+    raw = orm().replace("\rORC|", "\rAL1|1||PENICILLIN\rORC|")
+    r = mapped(raw)
+    assert "segments not used by the mapping: AL1" in r.warnings
+
+
+def test_two_order_groups_in_one_message() -> None:
+    one = orm(placer="A1", filler="")
+    two = orm(placer="B1", filler="", control="CA", status="CA")
+    groups_two = two[two.index("ORC|") :]
+    r = mapped(one + groups_two)
+    assert [(g.placer, g.action, len(g.items)) for g in r.groups] == [
+        ("A1", "create", 1), ("B1", "final", 0)]  # fmt: skip

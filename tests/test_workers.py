@@ -170,3 +170,31 @@ def test_mapping_test_command(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_worker_needs_a_redis_url() -> None:
     assert main(["worker", "--burst"]) == 2 or load_settings(env={}).redis.url
+
+
+def test_redis_down_is_transient_not_a_dead_letter(tmp_path: Path) -> None:
+    """With Redis gone the job raises StoreUnavailable (rq retries with backoff); once
+    Redis is back (AOF intact) the same message is applied, nothing dead-lettered."""
+    from redis_server import RedisServer
+
+    from bridge import workers
+    from bridge.errors import StoreUnavailable
+
+    server = RedisServer()
+    server.start()
+    try:
+        settings = load_settings({"redis.url": server.url, "redis.socket_timeout_s": 1}, env={})
+        client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+        mid = submit(client, settings, orm().encode())
+        ctx = workers.install(settings)
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            ctx.sequencer.process(mid)
+        server.start()
+        ctx.sequencer.process(mid)
+        keys = Keys()
+        assert client.llen(keys.ingest_order) == 0
+        assert deadletter.count(client, keys) == 0
+        assert WorklistStore(client, keys).count() == 1
+    finally:
+        server.cleanup()
