@@ -99,7 +99,7 @@ class Planner:
             known = bool(state)
             self._group(plan, group, canonical, state, known, now, seq)
             if state:
-                ttl = 0
+                ttl = self.settings.order_state_retention_s
                 if state.get("final"):
                     ttl = retention_s(self.settings, state["final"]) + 86400
                 plan.order_states[self.keys.order(canonical)] = (state, ttl)

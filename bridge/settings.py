@@ -110,6 +110,8 @@ class WorkerSettings:
     retention_completed_s: int = 24 * 3600
     retention_canceled_s: int = 600
     retention_discontinued_s: int = 600
+    #: How long the state of an order with no final message is kept after its last change.
+    order_state_retention_s: int = 90 * 24 * 3600
     #: How long an applied message's hash (raw bytes, metadata) is kept for audit.
     processed_retention_s: int = 24 * 3600
     #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker, Worker
+from rq.worker import BaseWorker
 
 from bridge import hl7in
 from bridge.connections import sync_client
@@ -100,7 +101,7 @@ class BridgeSimpleWorker(_Maintained, SimpleWorker):
     """Runs jobs in-process (no fork cost)."""
 
 
-def make_worker(ctx: WorkerContext, name: str | None = None) -> Worker:
+def make_worker(ctx: WorkerContext, name: str | None = None) -> BaseWorker:
     s = ctx.settings.worker
     cls = BridgeWorker if s.worker_class == "fork" else BridgeSimpleWorker
     queue = Queue(ctx.keys.queue_name(), connection=ctx.client)
