@@ -140,9 +140,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=600)
     ap.add_argument("--worker-class", default="simple", choices=["fork", "simple"])
+    ap.add_argument(
+        "--appendfsync", default="always", choices=["always", "everysec"],
+        help="Redis AOF fsync policy (production: always; everysec isolates disk contention)",
+    )  # fmt: skip
     args = ap.parse_args()
     raws = messages(args.messages)
-    server = RedisServer()
+    server = RedisServer(appendfsync=args.appendfsync)
     server.start()
     try:
         bare = bare_parse_rate(raws)
@@ -154,7 +158,8 @@ def main() -> None:
         server.cleanup()
     size = sum(len(r) for r in raws) // len(raws)
     print(
-        f"messages: {len(raws)} ORM^O01 v2.5.1, {size} bytes each; worker class {args.worker_class}"
+        f"messages: {len(raws)} ORM^O01 v2.5.1, {size} bytes each; "
+        f"worker class {args.worker_class}; appendfsync {args.appendfsync}"
     )
     print(f"bare hl7apy parse (1 core):        {bare:8.1f} msg/s")
     print(f"rq no-op jobs (SimpleWorker):      {noop:8.1f} jobs/s")
