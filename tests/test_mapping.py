@@ -274,3 +274,11 @@ def test_two_order_groups_in_one_message() -> None:
     r = mapped(one + groups_two)
     assert [(g.placer, g.action, len(g.items)) for g in r.groups] == [
         ("A1", "create", 1), ("B1", "final", 0)]  # fmt: skip
+
+
+def test_code_sequence_values_fit_their_vr() -> None:
+    long_code = "C" * 20
+    r = mapped(orm(obrs=[{44: f"{long_code}^" + "M" * 70 + "^LN"}]))
+    code = first(r).attrs["RequestedProcedureCodeSequence"][0]
+    assert (len(code["CodeValue"]), len(code["CodeMeaning"])) == (16, 64)
+    assert any("CodeValue truncated" in w for w in r.warnings)

@@ -275,7 +275,9 @@ def _fit(ctx: _Ctx, rule: Rule, value: Any) -> Any:
     """Enforce the VR: no control characters outside text VRs, no backslash in
     multi-valuable VRs, maximum length (truncate with a warning or reject)."""
     if isinstance(value, list):
-        return [_fit(ctx, rule, v) if isinstance(v, str) else v for v in value]
+        return [
+            _fit(ctx, rule, v) if isinstance(v, str) else _fit_code(ctx, rule, v) for v in value
+        ]
     if not isinstance(value, str) or value == "":
         return value
     if rule.vr not in ("LT", "ST", "UT"):
@@ -302,6 +304,22 @@ def _fit(ctx: _Ctx, rule: Rule, value: Any) -> Any:
         )
     ctx.warnings.append(f"{rule.keyword}: truncated to {limit} characters (VR {rule.vr})")
     return "=".join(g[:limit] for g in groups)
+
+
+#: Code Sequence item attributes and their maximum lengths (SH 16, LO 64).
+_CODE_LIMITS = {"CodeValue": 16, "CodingSchemeDesignator": 16, "CodeMeaning": 64}
+
+
+def _fit_code(ctx: _Ctx, rule: Rule, item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    out = dict(item)
+    for key, limit in _CODE_LIMITS.items():
+        value = out.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            ctx.warnings.append(f"{rule.keyword}: {key} truncated to {limit} characters")
+            out[key] = value[:limit]
+    return out
 
 
 def study_uid(sender: str, order_id: str, rpid: str) -> str:
