@@ -198,3 +198,44 @@ def test_redis_down_is_transient_not_a_dead_letter(tmp_path: Path) -> None:
         assert WorklistStore(client, keys).count() == 1
     finally:
         server.cleanup()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_loses_nothing(redis_client: redis.Redis, settings: Settings) -> None:
+    """SIGKILL a worker while it parses a big order; a second worker recovers the head
+    (stuck_head_s = 1 s) and applies it before the cancel queued behind it."""
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    keys = Keys()
+    notes = [f"line {n} " + "y" * 60 for n in range(4000)]  # ~1 s of parsing: a wide window
+    big = submit(redis_client, settings, orm(placer="K", filler="", nte=notes).encode())
+    submit(redis_client, settings, orm(control="CA", status="CA", placer="K", filler="").encode())
+    registry = StartedJobRegistry(queue=Queue(keys.queue_name(), connection=redis_client))
+    victim = start_worker(settings.redis.url, "--burst")
+    try:
+        assert wait_until(lambda: f"msg-{big}" in registry.get_job_ids(), 30)
+        time.sleep(0.2)  # well inside the parse (~1 s), past the job bookkeeping
+        victim.kill()  # SIGKILL mid-parse: no cleanup, the job stays "started"
+        victim.wait(timeout=10)
+        assert redis_client.llen(keys.ingest_order) == 2  # nothing applied, nothing lost
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    rescuer = start_worker(
+        settings.redis.url,
+        MWL_BRIDGE_WORKER_STUCK_HEAD_S="1",
+        MWL_BRIDGE_WORKER_MAINTENANCE_INTERVAL_S="1",
+    )
+    try:
+        assert wait_until(lambda: redis_client.llen(keys.ingest_order) == 0, 40)
+        store = WorklistStore(redis_client, keys)
+        (item,) = store.load(store.ids_for("pid", "12345"))
+        assert item.status == "CANCELED"
+        assert deadletter.count(redis_client, keys) == 0
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        try:
+            rescuer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            rescuer.kill()
