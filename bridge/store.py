@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bridge.errors import StoreUnavailable
+from bridge.errors import StoreUnavailable, TransientError
 from bridge.keys import Keys
 from bridge.worklist import WorklistItem
 
@@ -46,10 +46,12 @@ INDEXED_FIELDS: dict[str, str] = {
 
 _LOAD_CHUNK = 256
 
-# KEYS[1] = idx:start, KEYS[2] = expiry. ARGV[1] = JSON
+# KEYS[1] = idx:start, KEYS[2] = expiry, optional KEYS[3] = fence key whose value must
+# equal ARGV[2] (the workers' apply lock token), else nothing is written. ARGV[1] = JSON
 # {"upserts": [{"id", "key", "idxkey", "json", "indexes": [...], "score", "expire_at"}],
 #  "deletes": [{"id", "key", "idxkey"}]}
 _APPLY_LUA = """
+if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
 local batch = cjson.decode(ARGV[1])
 local function unindex(id, idxkey)
   local old = redis.call('GET', idxkey)
@@ -77,6 +79,10 @@ for _, u in ipairs(batch.upserts) do
 end
 return #batch.upserts + #batch.deletes
 """
+
+
+class FenceLost(TransientError):
+    """A fenced write found its lock token gone (another worker took over)."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +123,14 @@ class WorklistStore:
         upserts: Iterable[WorklistItem] = (),
         deletes: Iterable[str] = (),
         expire_at: dict[str, float] | None = None,
+        fence: tuple[str, str] | None = None,
     ) -> int:
         """Atomically write ``upserts`` (with their indexes) and remove ``deletes``.
 
         ``expire_at`` maps item ids to the epoch second at which :meth:`purge_expired`
         removes them (finished items); items not in it lose any earlier expiry.
+        ``fence`` = (key, token): write only while ``key`` still holds ``token`` (the
+        workers' apply lock), else raise :class:`FenceLost` and write nothing.
         """
         expire_at = expire_at or {}
         k = self._keys
@@ -143,10 +152,18 @@ class WorklistStore:
         if not batch["upserts"] and not batch["deletes"]:
             return 0
         # cjson decodes [] as an empty table, which ipairs handles; keep explicit lists.
+        keys = [k.index_start, k.expiry]
+        args = [json.dumps(batch)]
+        if fence is not None:
+            keys.append(fence[0])
+            args.append(fence[1])
         try:
-            return int(self._apply(keys=[k.index_start, k.expiry], args=[json.dumps(batch)]))
+            written = int(self._apply(keys=keys, args=args))
         except redis.RedisError as exc:
             raise StoreUnavailable(f"worklist write failed: {exc}") from exc
+        if written < 0:
+            raise FenceLost("the apply lock was lost before the worklist write")
+        return written
 
     def upsert(self, item: WorklistItem) -> None:
         self.apply(upserts=[item])

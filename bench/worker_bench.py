@@ -1,0 +1,175 @@
+"""Worker throughput: orders/s into the worklist store for 1 and 2 worker processes,
+beside the bare hl7apy parse rate of the same messages measured in the same run.
+
+    python bench/worker_bench.py [--messages 600] [--worker-class fork|simple]
+
+Starts its own redis-server (AOF, appendfsync always) on a free loopback port, submits
+the messages exactly as the listener does (tests/intake_helpers.submit), starts real
+``mwl-bridge worker --burst`` processes and times from the first applied message to the
+last (process start-up and hl7apy model loading excluded, as for the bare parse rate,
+which is measured after a warm-up parse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from intake_helpers import submit  # noqa: E402
+from orm_builder import orm  # noqa: E402
+from redis_server import RedisServer  # noqa: E402
+
+from bridge.hl7in import _hl7apy_parse, normalise, warm_up  # noqa: E402
+from bridge.keys import Keys  # noqa: E402
+from bridge.settings import load_settings  # noqa: E402
+
+
+def messages(n: int) -> list[bytes]:
+    out = []
+    for i in range(n):
+        text = orm(placer=f"B{i}", filler=f"F{i}", control_id=f"C{i}", charset="UNICODE UTF-8",
+                   version="2.5.1", nte=["Patient anxious \\T\\ claustrophobic"],
+                   patient_name=f"MÜLLER{i}^JÖRG^^^DR")  # fmt: skip
+        out.append(text.encode("utf-8"))
+    return out
+
+
+def bare_parse_rate(raws: list[bytes]) -> float:
+    warm_up()
+    texts = [normalise(r.decode("utf-8")) for r in raws]
+    t0 = time.perf_counter()
+    for t in texts:
+        _hl7apy_parse(t)
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def rq_noop_rate(url: str, n: int) -> float:
+    """rq's own cost: no-op jobs/s through one in-process SimpleWorker (same Redis)."""
+    from rq import Queue, SimpleWorker
+
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    queue = Queue("noop", connection=client)
+    for i in range(n):
+        queue.enqueue_call("os.getpid", job_id=f"noop-{i}")
+    worker = SimpleWorker([queue], connection=client)
+    t0 = time.perf_counter()
+    worker.work(burst=True, logging_level="WARNING")
+    return n / (time.perf_counter() - t0)
+
+
+def sequencer_rate(url: str, raws: list[bytes]) -> float:
+    """Our path without rq: parse + map + in-order apply, called in-process."""
+    from bridge import workers
+
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    settings = load_settings({"redis.url": url}, env={})
+    for raw in raws:
+        submit(client, settings, raw)
+    ids = [m.decode() for m in client.lrange(Keys().ingest_order, 0, -1)]
+    ctx = workers.install(settings, client)
+    t0 = time.perf_counter()
+    for mid in ids:
+        ctx.sequencer.process(mid)
+    rate = len(ids) / (time.perf_counter() - t0)
+    assert client.zcard(Keys().index_start) == len(ids)
+    return rate
+
+
+def run_workers(url: str, raws: list[bytes], n_workers: int, worker_class: str) -> float:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    settings = load_settings({"redis.url": url}, env={})
+    for raw in raws:
+        submit(client, settings, raw)
+    keys = Keys()
+    total = len(raws)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_BRIDGE_")}
+    env.update(PYTHONPATH=str(ROOT), MWL_BRIDGE_WORKER_WORKER_CLASS=worker_class)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "worker",
+                "--burst",
+                "--redis-url",
+                url,
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(n_workers)
+    ]
+    t_first = t_last = None
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            left = client.llen(keys.ingest_order)
+            now = time.perf_counter()
+            if t_first is None and left < total:
+                t_first, first_left = now, left
+            if left == 0:
+                t_last = now
+                break
+            time.sleep(0.02)  # light polling: the box has 2 cores for all of this
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    assert t_first is not None and t_last is not None, "workers did not finish"
+    items = client.zcard(keys.index_start)
+    assert items == total, f"{items} items for {total} orders"
+    # Rate over the messages applied after the first one was seen applied.
+    return first_left / (t_last - t_first) if t_last > t_first else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=600)
+    ap.add_argument("--worker-class", default="simple", choices=["fork", "simple"])
+    ap.add_argument(
+        "--appendfsync", default="always", choices=["always", "everysec"],
+        help="Redis AOF fsync policy (production: always; everysec isolates disk contention)",
+    )  # fmt: skip
+    args = ap.parse_args()
+    raws = messages(args.messages)
+    server = RedisServer(appendfsync=args.appendfsync)
+    server.start()
+    try:
+        bare = bare_parse_rate(raws)
+        noop = rq_noop_rate(server.url, len(raws))
+        inproc = sequencer_rate(server.url, raws)
+        one = run_workers(server.url, raws, 1, args.worker_class)
+        two = run_workers(server.url, raws, 2, args.worker_class)
+    finally:
+        server.cleanup()
+    size = sum(len(r) for r in raws) // len(raws)
+    print(
+        f"messages: {len(raws)} ORM^O01 v2.5.1, {size} bytes each; "
+        f"worker class {args.worker_class}; appendfsync {args.appendfsync}"
+    )
+    print(f"bare hl7apy parse (1 core):        {bare:8.1f} msg/s")
+    print(f"rq no-op jobs (SimpleWorker):      {noop:8.1f} jobs/s")
+    share = f"({inproc / bare:.0%} of bare parse)"
+    print(f"parse+map+apply, no rq (1 proc):   {inproc:8.1f} orders/s  {share}")
+    print(
+        f"1 worker  → store:                 {one:8.1f} orders/s  ({one / bare:.0%} of bare parse)"
+    )
+    print(f"2 workers → store:                 {two:8.1f} orders/s  ({two / one:.2f}x one worker)")
+
+
+if __name__ == "__main__":
+    main()

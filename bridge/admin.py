@@ -1,0 +1,373 @@
+"""Admin commands for the people on call: worklist, dead letters, status.
+
+Tables for humans, ``--json`` for scripts. Every command talks to Redis only (never to
+the listener or the SCP), so it works while the service runs or is stopped. Without
+``--redis-url`` the commands use the embedded Redis of ``mwl-bridge run`` if one is
+running on ``redis.data_dir``.
+
+The output is for an operator's terminal, not for logs: ``worklist list`` shows patient
+ids and accession numbers and ``deadletter show`` the raw message, because that is what
+the person on call needs to find an order. Nothing here logs patient data.
+
+``deadletter replay`` is not here yet: it needs the listener's intake path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from bridge import deadletter, embedded_redis
+from bridge.connections import sync_client
+from bridge.errors import ConfigError, StoreUnavailable
+from bridge.keys import Keys
+from bridge.metrics import status_counts
+from bridge.settings import Settings, mask_url
+from bridge.store import CandidateQuery, WorklistStore
+from bridge.worklist import WorklistItem
+
+EXIT_NOT_FOUND = 1
+EXIT_UNAVAILABLE = 1
+
+
+# -- plumbing ---------------------------------------------------------------------------
+def redis_url(settings: Settings) -> str:
+    """The configured URL, else the running embedded server's; ConfigError if neither."""
+    if settings.redis.url:
+        return settings.redis.url
+    url = embedded_redis.running_url(settings.redis)
+    if url is None:
+        raise ConfigError(
+            "redis.url",
+            "empty and no embedded Redis is running on "
+            f"{embedded_redis.data_dir(settings.redis)} (give --redis-url or start mwl-bridge run)",
+        )
+    return url
+
+
+def _open(settings: Settings) -> tuple[redis.Redis, Keys]:
+    return sync_client(settings.redis, redis_url(settings)), Keys(settings.redis.key_prefix)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A left-aligned text table; columns are dict keys shown upper-cased."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    heads = [c.upper().replace("_", " ") for c in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2) if as_json else human)
+
+
+def _fail(message: str, code: int = EXIT_UNAVAILABLE) -> int:
+    print(f"mwl-bridge: {message}", file=sys.stderr)
+    return code
+
+
+def _first(value: Any) -> str:
+    if isinstance(value, list):
+        return "\\".join(str(v) for v in value if isinstance(v, str))
+    return "" if value is None else str(value)
+
+
+# -- worklist ---------------------------------------------------------------------------
+def date_range(text: str) -> tuple[int, int]:
+    """``YYYYMMDD`` or ``YYYYMMDD-YYYYMMDD`` (either side may be open) as inclusive
+    bounds on the store's ``YYYYMMDDHHMMSS`` start score."""
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        hi = lo
+    for part in (lo, hi):
+        if part and (len(part) != 8 or not part.isdigit()):
+            raise ConfigError("--date", f"{text!r} is not YYYYMMDD or YYYYMMDD-YYYYMMDD")
+    return (int(lo + "000000") if lo else 0, int(hi + "235959") if hi else 99999999999999)
+
+
+def _query(args: argparse.Namespace) -> CandidateQuery:
+    equals: dict[str, tuple[str, ...]] = {}
+    for fld, value in (
+        ("modality", args.modality),
+        ("station", args.station),
+        ("status", args.status),
+    ):
+        if value:
+            equals[fld] = (value,)
+    lo, hi = date_range(args.date) if args.date else (None, None)
+    return CandidateQuery(equals=equals, start_min=lo, start_max=hi)
+
+
+def item_row(item: WorklistItem) -> dict[str, Any]:
+    sps = item.sps
+    return {
+        "id": item.item_id,
+        "date": sps.get("ScheduledProcedureStepStartDate", ""),
+        "time": sps.get("ScheduledProcedureStepStartTime", ""),
+        "modality": _first(sps.get("Modality")),
+        "station": _first(sps.get("ScheduledStationAETitle")),
+        "status": item.status + (" (held)" if item.hidden else ""),
+        "accession": _first(item.attrs.get("AccessionNumber")),
+        "patient_id": _first(item.attrs.get("PatientID")),
+        "sps_id": _first(sps.get("ScheduledProcedureStepID")),
+    }
+
+
+def worklist_list(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    store = WorklistStore(client, keys)
+    try:
+        items = sorted(store.find(_query(args)), key=lambda i: (i.start_key, i.item_id))
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    if args.json:
+        _emit([json.loads(i.to_json()) for i in items], True, "")
+        return 0
+    rows = [item_row(i) for i in items]
+    cols = ("id", "date", "time", "modality", "station", "status", "accession", "patient_id")
+    print(table(rows, cols))
+    print(f"{len(rows)} item(s)")
+    return 0
+
+
+def to_dataset(attrs: dict[str, Any]) -> Any:
+    """A pydicom Dataset from an item's keyword → value dict (SQ → nested Datasets).
+
+    Keywords pydicom does not know are skipped: they are bridge bookkeeping, not DICOM.
+    """
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    ds = Dataset()
+    for keyword, value in attrs.items():
+        if tag_for_keyword(keyword) is None:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            setattr(ds, keyword, DicomSequence([to_dataset(v) for v in value]))
+        elif isinstance(value, list):
+            setattr(ds, keyword, [str(v) for v in value])
+        else:
+            setattr(ds, keyword, "" if value is None else str(value))
+    return ds
+
+
+def worklist_show(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    try:
+        item = WorklistStore(client, keys).get(args.item_id)
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    if item is None:
+        return _fail(f"no worklist item {args.item_id}", EXIT_NOT_FOUND)
+    if args.json:
+        _emit(json.loads(item.to_json()), True, "")
+        return 0
+    updated = _iso(item.updated_at) if item.updated_at else "-"
+    print(f"# item {item.item_id}  order={item.order_key or '-'}  worklist={item.worklist or '-'}")
+    print(f"# status={item.status}  held={item.hidden}  seq={item.seq}  updated={updated}")
+    ds = to_dataset(item.attrs)
+    ds.SpecificCharacterSet = "ISO_IR 192"  # the dump is Unicode; say so in the header
+    print(ds)
+    return 0
+
+
+def worklist_delete(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    store = WorklistStore(client, keys)
+    try:
+        if store.get(args.item_id) is None:
+            return _fail(f"no worklist item {args.item_id}", EXIT_NOT_FOUND)
+        store.delete([args.item_id])
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    print(f"deleted {args.item_id}")
+    return 0
+
+
+def worklist_purge(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete every item whose SPS start date is before ``--before`` (items without a
+    valid date are kept: they need a human, not a sweep)."""
+    before = args.before
+    if len(before) != 8 or not before.isdigit():
+        raise ConfigError("--before", f"{before!r} is not a date YYYYMMDD")
+    client, keys = _open(settings)
+    store = WorklistStore(client, keys)
+    query = CandidateQuery(start_min=10000101000000, start_max=int(before + "000000") - 1)
+    try:
+        ids = store.candidate_ids(query)
+        deleted = 0 if args.dry_run else store.delete(ids)
+    except StoreUnavailable as exc:
+        return _fail(str(exc))
+    verb = "would delete" if args.dry_run else "deleted"
+    _emit(
+        {"before": before, "dry_run": args.dry_run, "matched": len(ids), "deleted": deleted},
+        args.json,
+        f"{verb} {len(ids)} item(s) scheduled before {before}",
+    )
+    return 0
+
+
+# -- dead letters -----------------------------------------------------------------------
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def letter_summary(letter: deadletter.DeadLetter) -> dict[str, Any]:
+    return {
+        "id": letter.dead_id,
+        "created": _iso(letter.created_at),
+        "stage": letter.stage,
+        "code": letter.code,
+        "location": letter.location,
+        "reason": letter.reason,
+        "control_id": letter.meta.get("control_id", ""),
+        "sender": letter.meta.get("sender", ""),
+        "bytes": len(letter.raw),
+    }
+
+
+def deadletter_list(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    try:
+        letters = [deadletter.get(client, keys, i) for i in deadletter.list_ids(client, keys)]
+    except redis.RedisError as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    rows = [letter_summary(d) for d in letters if d is not None]
+    if args.json:
+        _emit(rows, True, "")
+        return 0
+    cols = ("id", "created", "stage", "code", "location", "control_id", "sender", "reason")
+    print(table(rows, cols))
+    print(f"{len(rows)} dead letter(s)")
+    return 0
+
+
+def deadletter_show(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    try:
+        letter = deadletter.get(client, keys, args.dead_id)
+    except redis.RedisError as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    if letter is None:
+        return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
+    summary = letter_summary(letter)
+    if args.json:
+        summary["meta"] = letter.meta
+        summary["raw_base64"] = base64.b64encode(letter.raw).decode()
+        _emit(summary, True, "")
+        return 0
+    for key, value in summary.items():
+        print(f"{key:>10}: {value}")
+    for key, value in sorted(letter.meta.items()):
+        print(f"{'meta.' + key:>10}: {value}")
+    print("-" * 40)
+    # HL7 segments end in CR; a terminal wants newlines. Bytes shown as received
+    # (undecodable bytes replaced), since the charset may be what went wrong.
+    text = letter.raw.decode("utf-8", "replace")
+    print(text.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n"))
+    return 0
+
+
+def deadletter_drop(settings: Settings, args: argparse.Namespace) -> int:
+    client, keys = _open(settings)
+    try:
+        dropped = deadletter.drop(client, keys, args.dead_id)
+    except redis.RedisError as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    if not dropped:
+        return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
+    print(f"dropped {args.dead_id}")
+    return 0
+
+
+# -- status -----------------------------------------------------------------------------
+_INFO_FIELDS = {
+    "server": ("redis_version", "redis_mode", "uptime_in_seconds", "tcp_port"),
+    "memory": ("used_memory_human", "used_memory_peak_human", "maxmemory_human",
+               "maxmemory_policy"),
+    "persistence": ("aof_enabled", "aof_last_write_status", "aof_rewrite_in_progress",
+                    "aof_last_bgrewrite_status", "rdb_last_bgsave_status", "loading"),
+    "replication": ("role", "connected_slaves"),
+}  # fmt: skip
+
+
+def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    from rq import Queue, Worker
+    from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+    queue = Queue(keys.queue_name(), connection=client)
+    workers = Worker.all(connection=client, queue=queue)
+    info: dict[str, Any] = {}
+    for section, names in _INFO_FIELDS.items():
+        data = client.info(section)
+        info.update({n: data[n] for n in names if n in data})
+    try:
+        info["appendfsync"] = client.config_get("appendfsync").get("appendfsync", "")
+    except redis.ResponseError:  # managed Redis services often disable CONFIG
+        info["appendfsync"] = "unknown"
+    hb_prefix = keys.heartbeat("", "")[:-1]  # "<prefix>:hb:" → entries "role:instance"
+    instances = sorted(
+        k.decode()[len(hb_prefix) :]
+        for k in client.scan_iter(match=keys.heartbeat("*", "*"), count=1000)
+    )
+    return {
+        "queue": {
+            "name": queue.name,
+            "depth": queue.count,
+            "started": StartedJobRegistry(queue=queue).get_job_count(cleanup=False),
+            "failed": FailedJobRegistry(queue=queue).get_job_count(cleanup=False),
+        },
+        "workers": [
+            {"name": w.name, "state": str(w.get_state()), "pid": w.pid, "hostname": w.hostname}
+            for w in workers
+        ],
+        "instances": instances,
+        "items": {
+            "total": WorklistStore(client, keys).count(),
+            "by_status": {s: n for s, n in status_counts(client, keys).items() if n},
+        },
+        "deadletters": deadletter.count(client, keys),
+        "redis": info,
+    }
+
+
+def _status_text(url: str, st: dict[str, Any]) -> str:
+    q = st["queue"]
+    lines = [
+        f"Redis        {mask_url(url)}",
+        f"Queue        {q['name']}: {q['depth']} waiting, {q['started']} running, "
+        f"{q['failed']} failed",
+        f"Workers      {len(st['workers'])} alive"
+        + "".join(f"\n             {w['name']} ({w['state']})" for w in st["workers"]),
+    ]
+    if st["instances"]:
+        lines.append("Instances    " + ", ".join(st["instances"]))
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(st["items"]["by_status"].items()))
+    lines.append(f"Items        {st['items']['total']} ({by_status or 'none'})")
+    lines.append(f"Dead letters {st['deadletters']}")
+    lines.append("")
+    lines.append(table([{"key": k, "value": v} for k, v in st["redis"].items()], ("key", "value")))
+    return "\n".join(lines)
+
+
+def status_command(settings: Settings, args: argparse.Namespace) -> int:
+    url = redis_url(settings)
+    client, keys = _open(settings)
+    try:
+        st = collect_status(client, keys)
+    except (redis.RedisError, StoreUnavailable) as exc:
+        return _fail(f"Redis {mask_url(url)} unavailable: {exc}")
+    _emit(st, args.json, _status_text(url, st))
+    return 0

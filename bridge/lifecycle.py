@@ -1,0 +1,256 @@
+"""Order lifecycle: what a mapped ORM does to the worklist, given the order's state.
+
+The ORC-1 × ORC-5 → action table is configuration (the ``lifecycle`` section of the
+mapping file; the shipped one follows IHE RAD-4/RAD-13). The actions:
+
+========  =================================================================================
+create    NW: one item per OBR (SPS status from the table); a repeated NW updates in place
+update    XO: update the order's items in place, never re-key; an unknown order → no change
+status    SC: set the SPS status of every item of the order
+final     CA/DC/OC, XO/SC with CM: final status; items leave the default worklist and
+          are purged after the retention for that status; the order never comes back
+hide/show HD/RL: hide the order's items from queries / show them again
+ignore    NA, OK, CR, UA, UC, SN, CN: logged, no change
+========  =================================================================================
+
+:func:`plan` is called only by the worker that holds the apply lock, one message at a
+time in ingest (= ACK) order, so it may read the order state and the store without
+further locking. It returns what to write; the sequencer writes it fenced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from bridge.codes import SpsStatus
+from bridge.keys import Keys
+from bridge.logs import fields
+from bridge.mapping.apply import MappedGroup, MappedItem, MappingResult
+from bridge.settings import WorkerSettings
+from bridge.store import WorklistStore
+from bridge.worklist import SPS, WorklistItem
+
+log = logging.getLogger(__name__)
+
+STATUS_KEY = "ScheduledProcedureStepStatus"
+
+
+@dataclass
+class Plan:
+    """Everything one message changes, written atomically by the sequencer."""
+
+    upserts: dict[str, WorklistItem] = field(default_factory=dict)
+    expire_at: dict[str, float] = field(default_factory=dict)
+    #: order hash key → (fields, ttl seconds or 0)
+    order_states: dict[str, tuple[dict[str, str], int]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+
+def retention_s(settings: WorkerSettings, status: str) -> int:
+    return {
+        SpsStatus.COMPLETED: settings.retention_completed_s,
+        SpsStatus.CANCELED: settings.retention_canceled_s,
+        SpsStatus.DISCONTINUED: settings.retention_discontinued_s,
+    }.get(SpsStatus(status), settings.retention_canceled_s)
+
+
+def item_id(order_key: str, rpid: str, spsid: str) -> str:
+    """Deterministic item id, so a resent or updated order upserts the same record."""
+    return hashlib.sha1(f"{order_key}|{rpid}|{spsid}".encode()).hexdigest()
+
+
+def order_aliases(sender: str, group: MappedGroup) -> list[str]:
+    out = []
+    if group.placer:
+        out.append(f"{sender}|P|{group.placer}")
+    if group.filler:
+        out.append(f"{sender}|F|{group.filler}")
+    return out
+
+
+class Planner:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, store: WorklistStore, settings: WorkerSettings
+    ) -> None:
+        self.r = client
+        self.keys = keys
+        self.store = store
+        self.settings = settings
+
+    def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
+        plan = Plan()
+        states: dict[str, dict[str, str]] = {}
+        alias_map: dict[str, str] = {}  # aliases seen earlier in this message
+        for group in result.groups:
+            aliases = order_aliases(result.sender, group)
+            staged = next((alias_map[a] for a in aliases if a in alias_map), None)
+            if staged is not None:
+                canonical, state = staged, states[staged]
+            else:
+                canonical, state = self._resolve(aliases)
+            for alias in aliases:
+                alias_map[alias] = canonical
+            states[canonical] = state
+            known = bool(state)
+            self._group(plan, group, canonical, state, known, now, seq)
+            if state:
+                ttl = self.settings.order_state_retention_s
+                if state.get("final"):
+                    ttl = retention_s(self.settings, state["final"]) + 86400
+                plan.order_states[self.keys.order(canonical)] = (state, ttl)
+                for alias in aliases:
+                    if alias != canonical:
+                        plan.order_states[self.keys.order(alias)] = ({"canonical": canonical}, ttl)
+        return plan
+
+    def _resolve(self, aliases: list[str]) -> tuple[str, dict[str, str]]:
+        """(canonical order key, its state) for the first alias already known."""
+        pipe = self.r.pipeline(transaction=False)
+        for alias in aliases:
+            pipe.hgetall(self.keys.order(alias))
+        for alias, data in zip(aliases, pipe.execute(), strict=True):
+            if data:
+                text = {k.decode(): v.decode() for k, v in data.items()}
+                canonical = text.get("canonical", alias)
+                if canonical != alias:
+                    full = self.r.hgetall(self.keys.order(canonical))
+                    text = {k.decode(): v.decode() for k, v in full.items()} or {
+                        "canonical": canonical
+                    }
+                return canonical, text
+        return aliases[0], {}
+
+    def _items_of(self, plan: Plan, canonical: str) -> list[WorklistItem]:
+        ids = set(self.store.ids_for("order", canonical))
+        ids |= {i for i, it in plan.upserts.items() if it.order_key == canonical}
+        staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
+        stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))
+        return sorted([*staged, *stored], key=lambda it: it.item_id)
+
+    def _group(
+        self,
+        plan: Plan,
+        group: MappedGroup,
+        canonical: str,
+        state: dict[str, str],
+        known: bool,
+        now: float,
+        seq: int,
+    ) -> None:
+        action, status = group.action, group.status
+        event = fields(action=action, control=group.control, order_status=group.order_status)
+        if action == "ignore":
+            log.info("order.ignored", extra=event)
+            plan.events.append("ignored")
+            return
+        if state.get("final"):
+            # A final order never comes back: a late or repeated message must not resurrect it.
+            log.warning(
+                "order.already_final", extra=fields(**event["fields"], final=state["final"])
+            )
+            plan.events.append("already_final")
+            return
+        if action != "create" and not known:
+            log.warning("order.unknown", extra=event)
+            plan.events.append("unknown_order")
+            return
+        existing = self._items_of(plan, canonical)
+        touched: list[WorklistItem] = []
+        if action in ("create", "update"):
+            single = action == "update" and len(existing) == 1 and len(group.items) == 1
+            by_id = {it.item_id: it for it in existing}
+            for mi in group.items:
+                iid = existing[0].item_id if single else item_id(canonical, mi.rpid, mi.spsid)
+                old = by_id.get(iid) or plan.upserts.get(iid)
+                if old is not None:
+                    item = _merge(old, mi)
+                elif action == "create" or mi.complete:
+                    item = _new(iid, canonical, mi)
+                else:
+                    log.warning("order.update_incomplete_item", extra=fields(missing=mi.missing))
+                    continue
+                if status:
+                    item.sps[STATUS_KEY] = status
+                elif not item.sps.get(STATUS_KEY):
+                    item.sps[STATUS_KEY] = SpsStatus.SCHEDULED.value
+                touched.append(item)
+            plan.events.append(f"{action}:{len(touched)}")
+        elif action in ("status", "final", "hide", "show"):
+            for it in existing:
+                if action in ("status", "final"):
+                    it.sps[STATUS_KEY] = status
+                elif action == "hide":
+                    it.hidden = True
+                else:
+                    it.hidden = False
+                touched.append(it)
+            plan.events.append(f"{action}:{len(touched)}")
+        for it in touched:
+            it.seq = seq
+            it.updated_at = now
+            plan.upserts[it.item_id] = it
+            if action == "final":
+                plan.expire_at[it.item_id] = now + retention_s(self.settings, status)
+            else:
+                plan.expire_at.pop(it.item_id, None)
+        state["canonical"] = canonical
+        state["last_control"] = group.control
+        if status:
+            state["status"] = status
+        if action == "final":
+            state["final"] = status
+        if action in ("hide", "show"):
+            state["hidden"] = "1" if action == "hide" else ""
+        log.info("order.applied", extra=fields(**event["fields"], items=len(touched)))
+
+
+def _blank(keyword: str) -> Any:
+    return [] if keyword.endswith("Sequence") else ""
+
+
+def _new(iid: str, canonical: str, mi: MappedItem) -> WorklistItem:
+    attrs: dict[str, Any] = {}
+    sps: dict[str, Any] = {}
+    for key in mi.absent:
+        if key.startswith("SPS."):
+            sps[key[4:]] = _blank(key[4:])
+        else:
+            attrs[key] = _blank(key)
+    for key, value in mi.defaults.items():
+        if key.startswith("SPS."):
+            sps[key[4:]] = value
+        else:
+            attrs[key] = value
+    attrs.update(mi.attrs)
+    sps.update(mi.sps)
+    attrs[SPS] = [sps]
+    return WorklistItem(item_id=iid, attrs=attrs, order_key=canonical)
+
+
+def _merge(old: WorklistItem, mi: MappedItem) -> WorklistItem:
+    """Present values overwrite (``""`` clears), absent ones are left alone, create-only
+    defaults fill only what is still empty (a generated UID never replaces one)."""
+    attrs = dict(old.attrs)
+    sps = dict(old.sps)
+    for key, value in mi.defaults.items():
+        target, kw = (sps, key[4:]) if key.startswith("SPS.") else (attrs, key)
+        if target.get(kw) in (None, "", []):
+            target[kw] = value
+    attrs.update(mi.attrs)
+    sps.update(mi.sps)
+    attrs[SPS] = [sps]
+    return WorklistItem(
+        item_id=old.item_id,
+        attrs=attrs,
+        order_key=old.order_key,
+        worklist=old.worklist,
+        hidden=old.hidden,
+        seq=old.seq,
+        updated_at=old.updated_at,
+        extra=dict(old.extra),
+    )

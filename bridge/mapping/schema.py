@@ -1,0 +1,105 @@
+"""The validated shape of a mapping file (see ``mappings/README.md`` for the format).
+
+A :class:`Mapping` holds variables, lookup tables, the ORC-1×ORC-5 lifecycle table and
+one :class:`Rule` per target DICOM attribute. Top-level rules fill the item; rules under
+``ScheduledProcedureStepSequence`` fill its one item. A rule tries its
+:class:`Source` entries in order (fallbacks) and keeps the first that yields a value,
+or joins all of them when ``join`` is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge.hl7in import PathSpec
+
+#: Value transforms (see ``transforms.py``).
+TRANSFORMS = (
+    "text",  # the first leaf, unescaped (default)
+    "full",  # every component joined by ^ (e.g. a PL location)
+    "ts_date",  # HL7 TS → DICOM DA (YYYYMMDD), zone converted
+    "ts_time",  # HL7 TS → DICOM TM (HHMMSS), zone converted
+    "xpn_pn",  # XPN family^given^middle^suffix^prefix^degree → PN
+    "xcn_pn",  # XCN id^family^given^middle^suffix^prefix^degree → PN
+    "code_item",  # code triplet → one Code Sequence item
+    "charset",  # HL7 table 0211 name → DICOM Specific Character Set
+    "upper",
+)
+
+#: What a lookup table does with a value it does not list.
+ON_MISSING = ("reject", "skip", "keep", "empty")
+
+#: What a too-long value does (per VR maximum length, PS3.5 Table 6.2-1).
+TOO_LONG = ("truncate", "reject")
+
+#: Lifecycle actions (see ``bridge.lifecycle``).
+ACTIONS = ("create", "update", "status", "final", "hide", "show", "ignore")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a value may come from: an HL7 path, ``@Keyword`` (an attribute
+    mapped earlier in the same item) or a constant, then optional per-source steps."""
+
+    path: PathSpec | None = None
+    ref: str = ""  # "@Keyword" without the @
+    const: str | None = None
+    transform: str = ""
+    table: str = ""
+    on_missing: str = ""
+    regex: str = ""
+    components: tuple[int, ...] = ()  # code_item: value, scheme, meaning
+    line: int = 0
+
+    @property
+    def location(self) -> str:
+        if self.path is not None:
+            return self.path.location
+        return f"@{self.ref}" if self.ref else "const"
+
+
+@dataclass(frozen=True)
+class Rule:
+    keyword: str
+    sources: tuple[Source, ...]
+    transform: str = "text"
+    table: str = ""
+    on_missing: str = "reject"
+    regex: str = ""
+    components: tuple[int, ...] = (1, 3, 2)
+    join: str | None = None  # join every source's values with this separator
+    multi: bool = False  # keep every value (multi-valued attribute) instead of the first
+    required: bool = False  # Type 1: missing → HL7 101
+    default: str | None = None  # used when absent, only when an item is created
+    generate: str = ""  # "study_uid": deterministic 2.25 UID when absent
+    too_long: str = "truncate"
+    partial: str = "reject"  # ts_date/ts_time on reduced precision: reject | empty
+    zone: str = "convert"  # ts_*: convert the TS offset to the local zone | keep
+    vr: str = ""
+    max_length: int = 0
+    scheme_default: str = ""
+    line: int = 0
+
+    @property
+    def location(self) -> str:
+        """The HL7 field named in errors: the first HL7 source."""
+        for s in self.sources:
+            if s.path is not None:
+                return s.path.location
+        return self.keyword
+
+
+@dataclass
+class Mapping:
+    path: str
+    vars: dict[str, str] = field(default_factory=dict)
+    tables: dict[str, dict[str, str]] = field(default_factory=dict)
+    lifecycle: dict[str, str] = field(default_factory=dict)  # "NW/SC" → "create:SCHEDULED"
+    rules: list[Rule] = field(default_factory=list)
+    sps_rules: list[Rule] = field(default_factory=list)
+    #: Type 1C groups: at least one attribute of each group must be filled (HL7 101).
+    one_of: list[tuple[str, ...]] = field(default_factory=list)
+    #: Charset assumed when MSH-18 is empty (overrides ``worker.default_charset``).
+    default_charset: str = ""
+    #: Which files this mapping was built from, base first.
+    chain: list[str] = field(default_factory=list)

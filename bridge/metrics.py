@@ -1,0 +1,339 @@
+"""Prometheus metrics, ``/healthz`` and ``/readyz`` for every role.
+
+Metric objects for all areas live here so their names and labels are decided once;
+the listener, workers and SCP increment them. Label values are small closed sets
+(message types, ACK codes, reasons, statuses) — never control ids or patient data.
+
+Two kinds of numbers:
+
+* **event counters** (messages, ACKs, rejects, mapping failures, C-FIND requests and
+  latency, open associations) counted in the process that sees the event;
+* **state read from Redis at scrape time** by :class:`RedisCollector` (queue depth, rq
+  job states, workers alive, worklist items by status, dead letters). rq-exporter does
+  not support rq 3, hence our own collector.
+
+Under ``mwl-bridge run`` the role processes are children of the supervisor. The
+supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` for them, so prometheus-client writes
+their counters to files there and the supervisor's one HTTP port serves the sum
+(:class:`prometheus_client.multiprocess.MultiProcessCollector`). A role started on its
+own (``mwl-bridge listen --metrics-port 9101``) serves its own process's numbers.
+
+Readiness: a role registers a check with :func:`register_readiness` (e.g. the listener
+``register_readiness("mllp", lambda: server.is_serving())``); ``/readyz`` answers 200
+only when every registered check passes, 503 otherwise, with a JSON body naming each
+check. ``/healthz`` answers 200 while the process can serve HTTP at all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import redis
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bridge import deadletter
+from bridge.codes import SpsStatus
+from bridge.errors import ConfigError
+from bridge.keys import Keys
+from bridge.logs import fields
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+#: The registry every metric object below is registered in (not prometheus-client's
+#: global one, so tests and embedding applications start clean).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# -- listener ---------------------------------------------------------------------------
+MESSAGES_RECEIVED = Counter(
+    "mwl_messages_received",
+    "HL7 messages received in a complete MLLP frame, by MSH-9 (e.g. ORM^O01; 'unknown').",
+    ["message_type"],
+    registry=REGISTRY,
+)
+ACKS = Counter(
+    "mwl_acks",
+    "ACKs sent, by MSA-1 code (AA, AE, AR, CA, CE, CR).",
+    ["code"],
+    registry=REGISTRY,
+)
+FRAMES_REJECTED = Counter(
+    "mwl_frames_rejected",
+    "MLLP frames or messages rejected before queueing, by reason "
+    "(too_large, timeout, junk, bad_msh, type, version, processing_id, store_unavailable).",
+    ["reason"],
+    registry=REGISTRY,
+)
+# -- workers ----------------------------------------------------------------------------
+MAPPING_FAILURES = Counter(
+    "mwl_mapping_failures",
+    "Messages the workers could not parse or map (dead-lettered), by reason "
+    "(parse, charset, required_field, unknown_code, lifecycle, internal).",
+    ["reason"],
+    registry=REGISTRY,
+)
+# -- SCP --------------------------------------------------------------------------------
+CFIND_REQUESTS = Counter(
+    "mwl_cfind_requests",
+    "MWL C-FIND requests answered, by final status name (success, cancel, "
+    "unable_to_process, out_of_resources, identifier_mismatch, refused).",
+    ["status"],
+    registry=REGISTRY,
+)
+CFIND_DURATION = Histogram(
+    "mwl_cfind_duration_seconds",
+    "Time from C-FIND request to the final response.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+ASSOCIATIONS_OPEN = Gauge(
+    "mwl_associations_open",
+    "DICOM associations currently open on the SCP.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+
+# -- readiness --------------------------------------------------------------------------
+ReadinessCheck = Callable[[], bool]
+_checks: dict[str, ReadinessCheck] = {}
+_checks_lock = threading.Lock()
+
+
+def register_readiness(name: str, check: ReadinessCheck) -> None:
+    """Add (or replace) a named check; ``/readyz`` is 200 only when all return True."""
+    with _checks_lock:
+        _checks[name] = check
+
+
+def unregister_readiness(name: str) -> None:
+    with _checks_lock:
+        _checks.pop(name, None)
+
+
+def readiness() -> dict[str, bool]:
+    """Run every registered check; a check that raises counts as not ready."""
+    with _checks_lock:
+        checks = dict(_checks)
+    out: dict[str, bool] = {}
+    for name, check in checks.items():
+        try:
+            out[name] = bool(check())
+        except Exception:  # a broken check must make the role unready, not crash /readyz
+            out[name] = False
+    return out
+
+
+def redis_ping_check(client: redis.Redis) -> ReadinessCheck:
+    def check() -> bool:
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    return check
+
+
+# -- state from Redis -------------------------------------------------------------------
+class RedisCollector(Collector):
+    """Reads queue depth, rq job states, workers, items by status and dead letters at
+    scrape time. Registry counts are read without rq's cleanup (a scrape must not move
+    jobs between registries)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self._r = client
+        self._keys = keys
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("mwl_redis_up", "1 if Redis answered this scrape, else 0.")
+        try:
+            families = list(self._collect())
+        except (redis.RedisError, OSError) as exc:
+            log.warning("metrics.redis_unavailable", extra=fields(error=type(exc).__name__))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
+        from rq import Queue, Worker
+        from rq.registry import (
+            DeferredJobRegistry,
+            FailedJobRegistry,
+            FinishedJobRegistry,
+            ScheduledJobRegistry,
+            StartedJobRegistry,
+        )
+
+        name = self._keys.queue_name()
+        queue = Queue(name, connection=self._r)
+        depth = GaugeMetricFamily(
+            "mwl_queue_depth", "Jobs waiting in the rq queue.", labels=["queue"]
+        )
+        depth.add_metric([name], queue.count)
+        yield depth
+
+        jobs = GaugeMetricFamily(
+            "mwl_rq_jobs", "rq jobs by registry state.", labels=["queue", "state"]
+        )
+        for state, cls in (
+            ("started", StartedJobRegistry),
+            ("failed", FailedJobRegistry),
+            ("deferred", DeferredJobRegistry),
+            ("scheduled", ScheduledJobRegistry),
+            ("finished", FinishedJobRegistry),
+        ):
+            jobs.add_metric([name, state], cls(queue=queue).get_job_count(cleanup=False))
+        yield jobs
+
+        workers = GaugeMetricFamily(
+            "mwl_workers_alive", "rq workers registered on the queue.", labels=["queue"]
+        )
+        workers.add_metric([name], Worker.count(connection=self._r, queue=queue))
+        yield workers
+
+        items = GaugeMetricFamily(
+            "mwl_worklist_items",
+            "Worklist items by Scheduled Procedure Step Status (hidden/finished included).",
+            labels=["status"],
+        )
+        for status, size in sorted(status_counts(self._r, self._keys).items()):
+            items.add_metric([status], size)
+        yield items
+
+        dead = GaugeMetricFamily("mwl_deadletters", "Dead letters kept.")
+        dead.add_metric([], deadletter.count(self._r, self._keys))
+        yield dead
+
+
+def status_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Item count per SPS status (every defined term, zeros included), from the store's
+    ``idx:status:<status>`` sets: one SCARD each, never a scan of the keyspace."""
+    statuses = [str(s) for s in SpsStatus]
+    pipe = client.pipeline(transaction=False)
+    for status in statuses:
+        pipe.scard(keys.index("status", status))
+    return {s: int(n) for s, n in zip(statuses, pipe.execute(), strict=True)}
+
+
+# -- HTTP -------------------------------------------------------------------------------
+def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:
+    """A registry that sums the metric files the child processes write."""
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
+    return registry
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        handler = _handler(registry)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            # Port taken or address not local: the operator's setting, so exit 2 naming it.
+            raise ConfigError(
+                "obs.metrics_port", f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="metrics-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                checks = readiness()
+                ok = all(checks.values())
+                body = json.dumps({"ready": ok, "checks": checks}).encode() + b"\n"
+                self._send(200 if ok else 503, body, "application/json")
+            else:
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # scrapes every few seconds would drown the event log
+
+    return Handler
+
+
+def serve(
+    host: str,
+    port: int,
+    client: redis.Redis | None = None,
+    keys: Keys | None = None,
+) -> MetricsServer:
+    """Start the HTTP endpoint for this process (port 0 = any free port, see ``.port``).
+
+    With ``client`` and ``keys`` the Redis state is exported too and ``/readyz`` checks
+    that Redis answers. When ``PROMETHEUS_MULTIPROC_DIR`` is set, the served numbers are
+    the sum over every process writing there.
+    """
+    multiproc_dir = os.environ.get(MULTIPROC_ENV)
+    registry = aggregate_registry(multiproc_dir) if multiproc_dir else REGISTRY
+    if client is not None and keys is not None:
+        if registry is REGISTRY:
+            registry = CollectorRegistry()
+            registry.register(_Chain(REGISTRY))
+        registry.register(RedisCollector(client, keys))
+        register_readiness("redis", redis_ping_check(client))
+    server = MetricsServer(host, port, registry).start()
+    log.info("metrics.listening", extra=fields(host=host, port=server.port))
+    return server
+
+
+class _Chain(Collector):
+    """Exposes another registry's metrics (so the Redis collector is added per server,
+    never to the shared :data:`REGISTRY`)."""
+
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._inner.collect()

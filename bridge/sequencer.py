@@ -1,0 +1,384 @@
+"""Parse in parallel, apply in ACK order: the reorder buffer on ``keys.ingest_order``.
+
+Why: messages of one order (NW, XO, CA) may be parsed by different workers at the same
+time, and hl7apy is slow enough (~10 ms) that a later message often finishes first. The
+listener RPUSHes every accepted message id to ``ingest_order`` in ACK order; that list
+is the one sequence of truth.
+
+How (details and the failure analysis in ``docs/workers.md``):
+
+1. :meth:`Sequencer.process` parses and maps (the expensive, parallel part) and stores
+   the outcome as JSON in ``parsed:<id>`` (``SET NX``: a re-run never replaces it). A
+   permanent failure stores a ``rejected`` outcome, so the line still advances.
+2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) and,
+   while the *head* of ``ingest_order`` has a parsed outcome, plans it against the
+   order state, writes the items fenced by the lock token (one Lua call: all items of
+   the message or none), then — fenced again — writes the order state, pops the head and
+   deletes ``parsed:<id>`` in one script. It releases the lock only if it still holds the
+   token, then re-checks the head: a worker that stored its outcome while we held the
+   lock found the lock busy and left, so the holder must look again (no lost wake-up).
+3. A worker that dies mid-parse leaves the head unparsed. rq would re-run its job only
+   after the job heartbeat expires (~90 s) plus a maintenance pass; instead every worker's
+   maintenance step (:meth:`Sequencer.recover`, every ``worker.maintenance_interval_s``)
+   notes since when the head waits and parses it itself after ``worker.stuck_head_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bridge import deadletter
+from bridge.codes import Hl7Error
+from bridge.errors import PermanentError, StoreUnavailable, TransientError
+from bridge.keys import Keys
+from bridge.lifecycle import Planner
+from bridge.logs import fields
+from bridge.mapping.apply import MappingResult
+from bridge.settings import WorkerSettings
+from bridge.store import WorklistStore
+
+log = logging.getLogger(__name__)
+
+RESULT_TTL_S = 120
+
+# Store a parsed outcome (optional), acquire the apply lock and peek at the head, in one
+# round trip (one fsync with appendfsync always).
+# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc.
+# Returns {acquired, head or false, parsed doc or false, seq}.
+_ACQUIRE_LUA = """
+if ARGV[4] ~= '' then redis.call('SET', ARGV[3] .. ARGV[4], ARGV[5], 'NX') end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return {1, false, false, 0} end
+local doc = redis.call('GET', ARGV[3] .. head)
+local seq = 0
+if doc then seq = redis.call('INCR', KEYS[3]) end
+return {1, head, doc, seq}
+"""
+# Release the lock if still ours, then report whether the head is parsed (lost wake-up).
+# KEYS: lock, ingest. ARGV: token, parsed key prefix.
+_RELEASE_PEEK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+local head = redis.call('LINDEX', KEYS[2], 0)
+if not head then return 0 end
+return redis.call('EXISTS', ARGV[2] .. head)
+"""
+# KEYS: lock, ingest, parsed(head), message(head), seq, then the order state keys.
+# ARGV: token, head, message retention s, lock ttl ms, parsed key prefix, then per state
+# key: json fields, ttl. Returns {status, next head or false, its doc or false, seq}:
+# status 1 = the next head is parsed (lock renewed), 2 = lock released, <0 = not applied.
+_FINALIZE_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, false, false, 0} end
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {-2, false, false, 0} end
+redis.call('LPOP', KEYS[2])
+redis.call('DEL', KEYS[3])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[4], 'state', 'applied')
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+end
+for i = 6, #KEYS do
+  local a = 6 + (i - 6) * 2
+  local data = cjson.decode(ARGV[a])
+  for k, v in pairs(data) do redis.call('HSET', KEYS[i], k, v) end
+  local ttl = tonumber(ARGV[a + 1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+end
+local head = redis.call('LINDEX', KEYS[2], 0)
+local doc = false
+if head then doc = redis.call('GET', ARGV[5] .. head) end
+if not doc then
+  -- Nothing more to apply: release here, atomically with the check, so a worker that
+  -- stores an outcome after this script finds the lock free (no lost wake-up).
+  redis.call('DEL', KEYS[1])
+  return {2, head, false, 0}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {1, head, doc, redis.call('INCR', KEYS[5])}
+"""
+
+#: parse(message_id, hash fields) → MappingResult; raises PermanentError / TransientError.
+ParseFn = Callable[[str, dict[str, Any]], MappingResult]
+
+
+class LockLost(TransientError):
+    """The apply lock expired while we held it; another worker continues the line."""
+
+
+class Sequencer:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        store: WorklistStore,
+        settings: WorkerSettings,
+        parse: ParseFn,
+    ) -> None:
+        self.r = client
+        self.keys = keys
+        self.store = store
+        self.settings = settings
+        self.parse_fn = parse
+        self.planner = Planner(client, keys, store, settings)
+        self._acquire = client.register_script(_ACQUIRE_LUA)
+        self._release_peek = client.register_script(_RELEASE_PEEK_LUA)
+        self._finalize = client.register_script(_FINALIZE_LUA)
+
+    # -- parse (parallel) ----------------------------------------------------------------
+    def process(self, message_id: str) -> str:
+        """Parse+map one message if not done yet, then apply whatever is in line."""
+        try:
+            outcome, doc = self._parse_once(message_id)
+            self.drain((message_id, doc) if doc else None)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis failed while processing a message: {exc}") from exc
+        return outcome
+
+    def _parse_once(self, message_id: str) -> tuple[str, str]:
+        """(outcome, parsed JSON to store or "" when nothing new was parsed)."""
+        k = self.keys
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(k.parsed(message_id))
+        pipe.hgetall(k.message(message_id))
+        parsed, raw_meta = pipe.execute()
+        if parsed:
+            return "already_parsed", ""
+        if not raw_meta:
+            log.warning("message.missing", extra=fields(message_id=message_id))
+            return "missing", ""
+        meta = {key.decode(): value for key, value in raw_meta.items()}
+        if meta.get("state") == b"applied":
+            return "already_applied", ""
+        # Counted only by the stuck-head recovery: a message that kills its worker each
+        # time is dead-lettered instead of blocking the line forever.
+        attempts = int(meta.get("recoveries", b"0"))
+        text_meta = {
+            key: v.decode("utf-8", "replace")
+            for key, v in meta.items()
+            if key not in ("raw",) and isinstance(v, bytes)
+        }
+        doc: dict[str, Any]
+        try:
+            if attempts > self.settings.max_retries:
+                raise PermanentError(
+                    f"gave up after {attempts} recoveries (the worker died each time)",
+                    Hl7Error.INTERNAL_ERROR,
+                )
+            result = self.parse_fn(message_id, meta)
+            doc = {"kind": "ops", "result": result.to_dict()}
+            self._push_result(message_id, text_meta, True, Hl7Error.ACCEPTED, "", "")
+            outcome = "parsed"
+        except (TransientError, redis.RedisError):
+            raise
+        except Exception as exc:
+            if isinstance(exc, PermanentError):
+                code, location, reason = exc.code, exc.location, str(exc)
+            else:
+                # A bug must not block the line: dead-letter the message with 207.
+                log.exception("message.internal_error", extra=fields(message_id=message_id))
+                code, location = Hl7Error.INTERNAL_ERROR, ""
+                reason = f"internal error while mapping ({type(exc).__name__})"
+            self._reject(message_id, meta, text_meta, code, location, reason)
+            doc = {"kind": "rejected", "code": int(code), "location": location, "reason": reason}
+            outcome = "rejected"
+        # Stored with SET NX (a re-run never replaces it) by drain's first round trip.
+        return outcome, json.dumps(doc, ensure_ascii=False)
+
+    def _reject(
+        self,
+        message_id: str,
+        meta: dict[str, Any],
+        text_meta: dict[str, str],
+        code: Hl7Error,
+        location: str,
+        reason: str,
+    ) -> None:
+        letter_meta = {
+            key: text_meta.get(key, "")
+            for key in (
+                "control_id", "sending_app", "sending_facility", "receiving_app",
+                "receiving_facility", "message_type", "version", "charset", "peer",
+                "received_at", "processing_id", "ack_mode",
+            )
+        }  # fmt: skip
+        letter_meta["message_id"] = message_id
+        raw = meta.get("raw", b"")
+        # The dead-letter id is the message id: a re-run overwrites instead of duplicating.
+        letter = deadletter.DeadLetter(
+            raw=raw if isinstance(raw, bytes) else str(raw).encode(),
+            reason=reason,
+            stage="worker",
+            code=int(code),
+            location=location,
+            meta=letter_meta,
+            dead_id=message_id,
+        )
+        deadletter.put(self.r, self.keys, letter)
+        log.warning(
+            "message.rejected",
+            extra=fields(
+                message_id=message_id, control_id=text_meta.get("control_id", ""),
+                sender=text_meta.get("sending_app", ""), code=int(code), location=location,
+                reason=reason,
+            ),
+        )  # fmt: skip
+        self._push_result(message_id, text_meta, False, code, reason, location)
+
+    def _push_result(
+        self,
+        message_id: str,
+        meta: dict[str, str],
+        ok: bool,
+        code: Hl7Error,
+        text: str,
+        location: str,
+    ) -> None:
+        if meta.get("ack_mode") != "application":
+            return
+        payload = json.dumps({"ok": ok, "code": int(code), "text": text, "location": location})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(self.keys.result(message_id), payload)
+        pipe.expire(self.keys.result(message_id), RESULT_TTL_S)
+        pipe.execute()
+
+    # -- apply (serial, in ACK order) ----------------------------------------------------
+    def drain(self, store: tuple[str, str] | None = None) -> int:
+        """Store ``(message_id, parsed JSON)`` if given, then apply every parsed message
+        at the head of the line; returns how many were applied.
+
+        Round trips (write ones fsync with appendfsync always) per applied message: the
+        planner's reads, the fenced item write, and one finalize script that pops the
+        head and either hands back the next parsed head (lock renewed) or releases.
+        """
+        k = self.keys
+        applied = 0
+        lock_ms = int(self.settings.apply_lock_ttl_s * 1000)
+        prefix = k.parsed("")
+        while True:
+            token = uuid.uuid4().hex
+            mid, doc_json = store or ("", "")
+            store = None
+            acquired, head_raw, doc, seq = self._acquire(
+                keys=[k.apply_lock, k.ingest_order, k.sequence],
+                args=[token, lock_ms, prefix, mid, doc_json],
+            )
+            if not acquired:
+                return applied  # the holder checks the head again before it releases
+            held = True
+            try:
+                while head_raw and doc:
+                    head = head_raw.decode()
+                    states = self._plan_and_write(head, doc, token, int(seq))
+                    status, head_raw, doc, seq = self._finish(head, token, states, lock_ms)
+                    applied += 1
+                    held = status != 2  # 2 = released by the finalize script
+                if (
+                    held
+                    and head_raw
+                    and not doc
+                    and not self.r.exists(k.message(head_raw.decode()))
+                ):
+                    # Nothing will ever parse it: log loudly and move on.
+                    log.error("head.message_missing", extra=fields(message_id=head_raw.decode()))
+                    status, _, _, _ = self._finish(head_raw.decode(), token, {}, lock_ms)
+                    held = status != 2  # 2 = released by the finalize script
+                    continue
+            except LockLost:
+                log.warning("apply.lock_lost")
+                return applied
+            finally:
+                if held:
+                    # Release, then look again: a worker that stored its outcome while we
+                    # held the lock found it busy and left (no lost wake-up).
+                    again = self._release_peek(
+                        keys=[k.apply_lock, k.ingest_order], args=[token, prefix]
+                    )
+                else:
+                    again = 0
+            if not again:
+                return applied
+
+    def _plan_and_write(
+        self, head: str, doc_raw: bytes, token: str, seq: int
+    ) -> dict[str, tuple[dict[str, str], int]]:
+        try:
+            doc = json.loads(doc_raw)
+            if doc.get("kind") != "ops":
+                return {}
+            result = MappingResult.from_dict(doc["result"])
+            plan = self.planner.plan(result, time.time(), seq)
+            if plan.upserts:
+                self.store.apply(
+                    plan.upserts.values(),
+                    expire_at=plan.expire_at,
+                    fence=(self.keys.apply_lock, token),
+                )
+            return plan.order_states
+        except (TransientError, redis.RedisError):
+            raise
+        except Exception:
+            # Never let one bad outcome block every later order: dead-letter and advance.
+            log.exception("apply.failed", extra=fields(message_id=head))
+            meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
+            text_meta = {
+                key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"
+            }
+            self._reject(
+                head,
+                meta,
+                text_meta,
+                Hl7Error.INTERNAL_ERROR,
+                "",
+                "could not apply the mapped order",
+            )
+            return {}
+
+    def _finish(
+        self, head: str, token: str, states: dict[str, tuple[dict[str, str], int]], lock_ms: int
+    ) -> tuple[int, Any, Any, Any]:
+        """Pop the head (fenced) with the order states; returns (status, next head, its
+        parsed doc, seq)."""
+        k = self.keys
+        keys = [k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), k.sequence, *states]
+        args: list[Any] = [token, head, self.settings.processed_retention_s, lock_ms, k.parsed("")]
+        for data, ttl in states.values():
+            args.extend([json.dumps(data, ensure_ascii=False), ttl])
+        status, nxt, doc, seq = self._finalize(keys=keys, args=args)
+        if status == -1:
+            raise LockLost("apply lock lost before finalize")
+        if status == -2:
+            log.warning("apply.head_moved", extra=fields(message_id=head))
+        return int(status), nxt, doc, seq
+
+    # -- crash recovery ----------------------------------------------------------------
+    def recover(self, now: float | None = None) -> str:
+        """Maintenance step: re-process an ingest head stuck unparsed for too long."""
+        k = self.keys
+        now = time.time() if now is None else now
+        head_raw = self.r.lindex(k.ingest_order, 0)
+        if head_raw is None:
+            self.r.delete(k.head_watch)
+            return "empty"
+        head = head_raw.decode()
+        if self.r.exists(k.parsed(head)):
+            self.drain()
+            return "drained"
+        watch = (self.r.get(k.head_watch) or b"").decode().split()
+        if len(watch) != 2 or watch[0] != head:
+            self.r.set(k.head_watch, f"{head} {now}")
+            return "watching"
+        if now - float(watch[1]) < self.settings.stuck_head_s:
+            return "waiting"
+        log.warning(
+            "head.stuck_reprocessed",
+            extra=fields(message_id=head, waited_s=round(now - float(watch[1]), 1)),
+        )
+        self.r.set(k.head_watch, f"{head} {now}")
+        self.process(head)
+        return "reprocessed"

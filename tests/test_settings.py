@@ -1,0 +1,96 @@
+"""Settings layering (defaults → TOML → env → flags) and config errors (exit code 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+from bridge.errors import ConfigError
+from bridge.settings import all_keys, describe, env_name, load_settings
+
+
+def test_defaults_follow_the_contract() -> None:
+    s = load_settings(env={})
+    assert s.mllp.port == 2575
+    assert s.scp.port == 11112
+    assert s.scp.ae_title == "MWL_BRIDGE"
+    assert s.redis.url == ""
+    assert s.mllp.max_frame_bytes == 1024 * 1024
+    assert s.mllp.accepted_versions == ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[mllp]\nport = 3000\nhost = "127.0.0.1"\n[scp]\nae_title = "FILE_AE"\n')
+    s = load_settings(env={}, config_file=cfg)
+    assert (s.mllp.port, s.mllp.host, s.scp.ae_title) == (3000, "127.0.0.1", "FILE_AE")
+    s = load_settings(env={"MWL_BRIDGE_MLLP_PORT": "3001", "AE_TITLE": "ENV_AE"}, config_file=cfg)
+    assert (s.mllp.port, s.scp.ae_title) == (3001, "ENV_AE")
+    s = load_settings({"mllp.port": "3002"}, env={"MWL_BRIDGE_MLLP_PORT": "3001"}, config_file=cfg)
+    assert s.mllp.port == 3002
+    assert s.mllp.host == "127.0.0.1"
+
+
+def test_long_env_name_beats_alias() -> None:
+    s = load_settings(env={"REDIS_URL": "redis://a:1/0", "MWL_BRIDGE_REDIS_URL": "redis://b:2/0"})
+    assert s.redis.url == "redis://b:2/0"
+
+
+def test_lists_and_tables_from_env_and_toml(tmp_path: Path) -> None:
+    s = load_settings(env={env_name("scp.hide_statuses"): "COMPLETED, CANCELED"})
+    assert s.scp.hide_statuses == ("COMPLETED", "CANCELED")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[worker.sender_mappings]\n"RIS|HOSP" = "site.yaml"\n')
+    s = load_settings(env={}, config_file=cfg)
+    assert s.worker.sender_mappings == {"RIS|HOSP": "site.yaml"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "key"),
+    [
+        ({"mllp.port": "70000"}, {}, "mllp.port"),
+        ({"mllp.port": "abc"}, {}, "mllp.port"),
+        ({}, {"DICOM_PORT": "-1"}, "scp.port"),
+        ({"mllp.ack_mode": "sometimes"}, {}, "mllp.ack_mode"),
+        ({"scp.ae_title": "A_TITLE_THAT_IS_TOO_LONG"}, {}, "scp.ae_title"),
+        ({"redis.url": "http://x"}, {}, "redis.url"),
+        ({}, {"MWL_BRIDGE_WORKER_LOCAL_TIMEZONE": "Mars/Base"}, "worker.local_timezone"),
+        ({}, {"MWL_BRIDGE_MLLP_ACCEPT_MISSING_FINAL_CR": "maybe"}, "mllp.accept_missing_final_cr"),
+    ],
+)
+def test_invalid_values_name_the_key(flags, env, key) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(flags, env=env)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[mllp]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=r"mllp\.prot: unknown setting"):
+        load_settings(env={}, config_file=cfg)
+
+
+def test_secrets_are_masked_in_the_description() -> None:
+    s = load_settings({"redis.url": "redis://user:s3cret@host:6379/0"}, env={})
+    assert "s3cret" not in str(describe(s))
+    assert set(describe(s)) == set(all_keys())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["listen", "--mllp-port", "99999"],
+        ["scp", "--dicom-port", "x"],
+        ["scp", "--ae-title", ""],
+        ["listen", "--ack-mode", "bogus"],
+    ],
+)
+def test_cli_exits_2_with_one_line(argv, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("mwl-bridge: invalid setting ")

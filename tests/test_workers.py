@@ -1,0 +1,241 @@
+"""Real worker processes: in-order apply with 4 concurrent workers, crash recovery of a
+stuck ingest head, clean SIGTERM, and the mapping CLI commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import SAMPLES
+from intake_helpers import submit
+from orm_builder import orm
+
+from bridge import deadletter
+from bridge.cli import main
+from bridge.keys import Keys
+from bridge.settings import Settings, load_settings
+from bridge.store import WorklistStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_BRIDGE_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["MWL_BRIDGE_WORKER_LOCAL_TIMEZONE"] = "UTC"
+    env.update(extra)
+    return env
+
+
+def start_worker(redis_url: str, *flags: str, **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "worker", "--redis-url", redis_url,
+         "--log-level", "WARNING", *flags],
+        cwd=ROOT, env=worker_env(**env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def wait_until(predicate: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_four_workers_apply_in_ack_order(redis_client: redis.Redis, settings: Settings) -> None:
+    """NW (slow to parse: many NTEs), XO and CA of the same order sit next to each other
+    in the line, so 4 workers parse them concurrently and usually finish the CA first;
+    the final state must still be what the ACK order says."""
+    slow_notes = [f"note {n} " + "x" * 40 for n in range(40)]
+    expected: dict[str, tuple[str, str]] = {}
+    for n in range(24):
+        placer = f"ORD{n}"
+        kind = n % 3
+        submit(redis_client, settings, orm(placer=placer, filler="", nte=slow_notes).encode())
+        if kind == 0:  # NW, XO (new station), CA → canceled
+            submit(
+                redis_client,
+                settings,
+                orm(control="XO", placer=placer, filler="", station="CT_X").encode(),
+            )
+            submit(
+                redis_client,
+                settings,
+                orm(control="CA", status="CA", placer=placer, filler="").encode(),
+            )
+            expected[placer] = ("CANCELED", "CT_X")
+        elif kind == 1:  # NW, XO, SC IP → started in the new room
+            submit(
+                redis_client,
+                settings,
+                orm(control="XO", placer=placer, filler="", station="CT_Y").encode(),
+            )
+            submit(
+                redis_client,
+                settings,
+                orm(control="SC", status="IP", placer=placer, filler="").encode(),
+            )
+            expected[placer] = ("STARTED", "CT_Y")
+        else:  # CA first (unknown order: nothing), then NW → scheduled
+            expected[placer] = ("SCHEDULED", "CT_ROOM1")
+    # The "CA before NW" case: a cancel for an order that does not exist yet changes nothing.
+    submit(
+        redis_client, settings, orm(control="CA", status="CA", placer="LATE", filler="").encode()
+    )
+    submit(redis_client, settings, orm(placer="LATE", filler="").encode())
+    expected["LATE"] = ("SCHEDULED", "CT_ROOM1")
+
+    procs = [start_worker(settings.redis.url, "--burst") for _ in range(4)]
+    try:
+        for p in procs:
+            p.wait(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), [p.stderr.read() for p in procs if p.stderr]
+    keys = Keys()
+    assert redis_client.llen(keys.ingest_order) == 0
+    assert deadletter.count(redis_client, keys) == 0
+    store = WorklistStore(redis_client, keys)
+    got = {}
+    for item in store.load(
+        sorted(m.decode() for m in redis_client.zrange(keys.index_start, 0, -1))
+    ):
+        got[item.attrs["PlacerOrderNumberImagingServiceRequest"]] = (
+            item.status, item.sps["ScheduledStationAETitle"])  # fmt: skip
+    assert got == expected
+
+
+@pytest.mark.slow
+def test_stuck_head_recovered_and_sigterm_is_clean(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """A worker died mid-parse: the head's message is in line but its job is gone (rq
+    would bring it back only after ~90 s + a maintenance pass). The maintenance step
+    parses it after worker.stuck_head_s, and the message behind it follows in order."""
+    keys = Keys()
+    lost = submit(redis_client, settings, orm(placer="A", filler="").encode())
+    redis_client.delete(f"rq:queue:{keys.queue_name()}")  # the job vanished with its worker
+    submit(redis_client, settings, orm(control="CA", status="CA", placer="A", filler="").encode())
+    proc = start_worker(
+        settings.redis.url,
+        MWL_BRIDGE_WORKER_STUCK_HEAD_S="1",
+        MWL_BRIDGE_WORKER_MAINTENANCE_INTERVAL_S="1",
+        MWL_BRIDGE_WORKER_WORKER_CLASS="fork",
+    )
+    try:
+        store = WorklistStore(redis_client, keys)
+        assert wait_until(lambda: redis_client.llen(keys.ingest_order) == 0, 30)
+        (item,) = store.load(store.ids_for("pid", "12345"))
+        assert item.status == "CANCELED"  # NW (recovered) applied before the CA
+        assert redis_client.hget(keys.message(lost), "state") == b"applied"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_mapping_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mapping", "check", str(ROOT / "mappings" / "ihe-rad.yaml")]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "site.yaml"
+    bad.write_text("extends: default\nattributes:\n  PatientSex: {source: PID-8, tabel: sex}\n")
+    assert main(["mapping", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:3" in err and "PatientSex.tabel" in err
+
+
+def test_mapping_test_command(capsys: pytest.CaptureFixture[str]) -> None:
+    mapping = str(ROOT / "mappings" / "ihe-rad.yaml")
+    assert main(["mapping", "test", mapping, str(SAMPLES / "orm_v24_utf8_escapes.hl7")]) == 0
+    out = capsys.readouterr().out
+    assert "(0010,0010) Patient's Name" in out and "ŁUKASZ X^ZOË" in out
+    assert "Scheduled Procedure Step Status     CS: 'SCHEDULED'" in out
+    assert "WARNING: PatientBirthDate" in out
+    assert main(["mapping", "test", mapping, str(SAMPLES / "orm_bad_modality.hl7")]) == 1
+    assert "HL7 error 103" in capsys.readouterr().out and True
+
+
+def test_worker_needs_a_redis_url() -> None:
+    assert main(["worker", "--burst"]) == 2 or load_settings(env={}).redis.url
+
+
+def test_redis_down_is_transient_not_a_dead_letter(tmp_path: Path) -> None:
+    """With Redis gone the job raises StoreUnavailable (rq retries with backoff); once
+    Redis is back (AOF intact) the same message is applied, nothing dead-lettered."""
+    from redis_server import RedisServer
+
+    from bridge import workers
+    from bridge.errors import StoreUnavailable
+
+    server = RedisServer()
+    server.start()
+    try:
+        settings = load_settings({"redis.url": server.url, "redis.socket_timeout_s": 1}, env={})
+        client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+        mid = submit(client, settings, orm().encode())
+        ctx = workers.install(settings)
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            ctx.sequencer.process(mid)
+        server.start()
+        ctx.sequencer.process(mid)
+        keys = Keys()
+        assert client.llen(keys.ingest_order) == 0
+        assert deadletter.count(client, keys) == 0
+        assert WorklistStore(client, keys).count() == 1
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_job_loses_nothing(redis_client: redis.Redis, settings: Settings) -> None:
+    """SIGKILL a worker while it parses a big order; a second worker recovers the head
+    (stuck_head_s = 1 s) and applies it before the cancel queued behind it."""
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+
+    keys = Keys()
+    notes = [f"line {n} " + "y" * 60 for n in range(4000)]  # ~1 s of parsing: a wide window
+    big = submit(redis_client, settings, orm(placer="K", filler="", nte=notes).encode())
+    submit(redis_client, settings, orm(control="CA", status="CA", placer="K", filler="").encode())
+    registry = StartedJobRegistry(queue=Queue(keys.queue_name(), connection=redis_client))
+    victim = start_worker(settings.redis.url, "--burst")
+    try:
+        assert wait_until(lambda: f"msg-{big}" in registry.get_job_ids(), 30)
+        time.sleep(0.2)  # well inside the parse (~1 s), past the job bookkeeping
+        victim.kill()  # SIGKILL mid-parse: no cleanup, the job stays "started"
+        victim.wait(timeout=10)
+        assert redis_client.llen(keys.ingest_order) == 2  # nothing applied, nothing lost
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    rescuer = start_worker(
+        settings.redis.url,
+        MWL_BRIDGE_WORKER_STUCK_HEAD_S="1",
+        MWL_BRIDGE_WORKER_MAINTENANCE_INTERVAL_S="1",
+    )
+    try:
+        assert wait_until(lambda: redis_client.llen(keys.ingest_order) == 0, 40)
+        store = WorklistStore(redis_client, keys)
+        (item,) = store.load(store.ids_for("pid", "12345"))
+        assert item.status == "CANCELED"
+        assert deadletter.count(redis_client, keys) == 0
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        try:
+            rescuer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            rescuer.kill()
