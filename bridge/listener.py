@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from bridge import deadletter, framing
+from bridge import deadletter, framing, metrics
 from bridge.ack import AckPolicy, Outcome, build_ack
 from bridge.codes import Hl7Error
 from bridge.connections import async_client, sync_client
@@ -43,6 +43,7 @@ from bridge.intake import AppResult, IntakeRecord, SubmitKind, submit
 from bridge.keys import Keys
 from bridge.logs import fields
 from bridge.msh import Msh, MshError, read_msh
+from bridge.role_runtime import RoleRuntime
 from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Verdict:
     message_id: str = ""
     note: str = ""  # "new", "duplicate", ... for the log line
     dead_reason: str = ""  # non-empty: keep the frame as a dead letter
+    reject: str = ""  # metrics.FRAMES_REJECTED reason label (closed set), "" = not rejected
 
 
 @dataclass
@@ -137,6 +139,7 @@ class Listener:
             default_charset=m.default_charset,
         )
         self._ack_texts = dict(m.ack_texts)
+        self._accepted_types = frozenset(m.accepted_message_types)
         self.client: redis.Redis = sync_client(settings.redis)
         # BLPOP for application ACKs blocks up to application_ack_timeout_s: the socket
         # timeout must be longer than that, or the wait itself would fail.
@@ -160,6 +163,10 @@ class Listener:
     def port(self) -> int:
         assert self._server is not None and self._server.sockets
         return int(self._server.sockets[0].getsockname()[1])
+
+    def is_serving(self) -> bool:
+        """Readiness: the socket is bound and accepting."""
+        return self._server is not None and self._server.is_serving() and not self._stopping
 
     @property
     def active_connections(self) -> int:
@@ -196,7 +203,10 @@ class Listener:
                 break
             except OSError as exc:
                 if attempt == BIND_ATTEMPTS:
-                    raise
+                    # exit code 2: `run` stops instead of restarting the child forever
+                    raise ConfigError(
+                        "mllp.port", f"cannot listen on {m.host}:{m.port}: {exc}"
+                    ) from None
                 log.warning(
                     "mllp.bind.retry", extra=fields(host=m.host, port=m.port, error=str(exc))
                 )
@@ -381,6 +391,8 @@ class Listener:
                 if self._stopping:
                     return True  # in-flight message answered; later frames are resent
             elif isinstance(event, framing.JunkSkipped):
+                if not event.whitespace_only:
+                    metrics.FRAMES_REJECTED.labels(reason="junk").inc()
                 level = logging.DEBUG if event.whitespace_only else logging.WARNING
                 log.log(
                     level,
@@ -390,6 +402,7 @@ class Listener:
                     ),
                 )
             elif isinstance(event, framing.Abandoned):
+                metrics.FRAMES_REJECTED.labels(reason="incomplete").inc()
                 log.warning(
                     "mllp.frame.abandoned", extra=fields(peer=conn.peer, size=len(event.content))
                 )
@@ -424,7 +437,11 @@ class Listener:
         if ack.send:
             conn.writer.write(framing.frame(ack.content))
             await conn.writer.drain()
+            metrics.ACKS.labels(code=ack.code.value).inc()
         h = verdict.msh
+        metrics.MESSAGES_RECEIVED.labels(message_type=self._type_label(h)).inc()
+        if verdict.reject:
+            metrics.FRAMES_REJECTED.labels(reason=verdict.reject).inc()
         level = logging.INFO if ack.code.is_positive else logging.WARNING
         if log.isEnabledFor(level):
             log.log(
@@ -446,6 +463,12 @@ class Listener:
                 ),
             )
 
+    def _type_label(self, h: Msh | None) -> str:
+        """Metric label for MSH-9: an accepted type, "other" or "unknown" (closed set)."""
+        if h is None or not h.message_type:
+            return "unknown"
+        return h.message_type if h.message_type in self._accepted_types else "other"
+
     async def _decide(self, conn: _Connection, frame: framing.Frame) -> Verdict:
         m = self.settings.mllp
         content = frame.content
@@ -465,11 +488,17 @@ class Listener:
                 location=location,
                 note="unreadable",
                 dead_reason=exc.reason,
+                reject="bad_msh",
             )
         if frame.missing_final_cr and not m.accept_missing_final_cr:
             reason = "frame ended without the final CR (mllp.accept_missing_final_cr is off)"
             return Verdict(
-                Outcome.REJECTED, h, Hl7Error.SEGMENT_SEQUENCE, reason, dead_reason=reason
+                Outcome.REJECTED,
+                h,
+                Hl7Error.SEGMENT_SEQUENCE,
+                reason,
+                dead_reason=reason,
+                reject="missing_final_cr",
             )
         gate = self._gate(h)
         if gate is not None:
@@ -478,7 +507,9 @@ class Listener:
             content.decode(h.codec)
         except UnicodeDecodeError as exc:
             reason = f"byte not valid in {h.charset or m.default_charset} at offset {exc.start}"
-            return Verdict(Outcome.ERROR, h, Hl7Error.DATA_TYPE, reason, dead_reason=reason)
+            return Verdict(
+                Outcome.ERROR, h, Hl7Error.DATA_TYPE, reason, dead_reason=reason, reject="charset"
+            )
 
         record = IntakeRecord(
             raw=content,
@@ -515,6 +546,7 @@ class Listener:
                 Hl7Error.INTERNAL_ERROR,
                 "Message not stored, please resend",
                 note="store unavailable",
+                reject="store_unavailable",
             )
         if result.kind is SubmitKind.CONFLICT:
             reason = "control id already used for a different message"
@@ -527,6 +559,7 @@ class Listener:
                 message_id=result.message_id,
                 note="conflict",
                 dead_reason=reason,
+                reject="duplicate_control_id",
             )
         if result.kind is SubmitKind.DUPLICATE:
             return Verdict(
@@ -545,7 +578,9 @@ class Listener:
             known_type = h.type_code in types
             error = Hl7Error.UNSUPPORTED_EVENT if known_type else Hl7Error.UNSUPPORTED_MESSAGE_TYPE
             reason = f"message type {h.message_type or '(empty)'} not accepted"
-            return Verdict(Outcome.REJECTED, h, error, reason, "MSH-9", dead_reason=reason)
+            return Verdict(
+                Outcome.REJECTED, h, error, reason, "MSH-9", dead_reason=reason, reject="type"
+            )
         if h.processing_id not in m.accepted_processing_ids:
             reason = f"processing id {h.processing_id or '(empty)'} not accepted"
             return Verdict(
@@ -555,6 +590,7 @@ class Listener:
                 reason,
                 "MSH-11",
                 dead_reason=reason,
+                reject="processing_id",
             )
         if h.version not in m.accepted_versions:
             reason = f"version {h.version_raw or '(empty)'} not accepted"
@@ -565,6 +601,7 @@ class Listener:
                 reason,
                 "MSH-12",
                 dead_reason=reason,
+                reject="version",
             )
         if not h.control_id.strip():
             reason = "MSH-10 (message control id) is empty"
@@ -575,6 +612,7 @@ class Listener:
                 reason,
                 "MSH-10",
                 dead_reason=reason,
+                reject="bad_msh",
             )
         return None
 
@@ -632,6 +670,7 @@ class Listener:
             h = exc.partial
         reason = f"frame larger than {event.limit} bytes (first {event.limit} bytes kept)"
         log.warning("mllp.frame.oversize", extra=fields(peer=conn.peer, limit=event.limit))
+        metrics.FRAMES_REJECTED.labels(reason="too_large").inc()
         await self._dead_letter(conn, event.head, h, reason, Hl7Error.INTERNAL_ERROR)
         await self._send_nak(conn, h, Hl7Error.INTERNAL_ERROR, f"frame larger than {event.limit}")
 
@@ -646,6 +685,7 @@ class Listener:
                 h = exc.partial
             reason = f"incomplete frame: no end block within {m.frame_timeout_s} s"
             log.warning("mllp.frame.timeout", extra=fields(peer=conn.peer, size=len(event.content)))
+            metrics.FRAMES_REJECTED.labels(reason="timeout").inc()
             await self._dead_letter(conn, event.content, h, reason, Hl7Error.INTERNAL_ERROR)
             if h is not None:
                 await self._send_nak(conn, h, Hl7Error.INTERNAL_ERROR, "incomplete frame")
@@ -682,12 +722,15 @@ async def start(settings: Settings) -> Listener:
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run a listener until ``stop`` is set, then drain and close (for supervisors)."""
+    """Run a listener until ``stop`` is set, then drain and close; ``/readyz`` includes
+    "mllp" while the socket accepts connections."""
     listener = await start(settings)
+    metrics.register_readiness("mllp", listener.is_serving)
     try:
         await stop.wait()
         log.info("mllp.stopping", extra=fields(active=listener.active_connections))
     finally:
+        metrics.unregister_readiness("mllp")
         await listener.stop()
 
 
@@ -707,4 +750,8 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             "redis.url", "listen needs --redis-url (mwl-bridge run starts an embedded Redis)"
         )
     tls_context(settings)  # fail fast with exit code 2 on unreadable TLS files
-    return asyncio.run(_serve_until_signal(settings))
+    runtime = RoleRuntime.start(settings, "listener")  # heartbeat, /metrics, /readyz
+    try:
+        return asyncio.run(_serve_until_signal(settings))
+    finally:
+        runtime.stop()

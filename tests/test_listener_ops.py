@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -266,11 +267,14 @@ def test_python_hl7_mllp_send(
 # -- the `mwl-bridge listen` process ----------------------------------------------------------
 
 
-def test_listen_command_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> None:
-    port = free_port()
+def test_listen_command_serves_and_stops_cleanly_on_sigterm(
+    redis_url: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    port, metrics_port = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "bridge", "listen", "--redis-url", redis_url,
-         "--mllp-host", "127.0.0.1", "--mllp-port", str(port)],
+         "--mllp-host", "127.0.0.1", "--mllp-port", str(port),
+         "--metrics-port", str(metrics_port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -285,6 +289,16 @@ def test_listen_command_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> N
                 time.sleep(0.05)
         with MllpClient(port) as c:
             assert ack_fields(c.send(msg("Q1")))["MSA"][1:3] == ["AA", "Q1"]
+            assert ack_fields(c.send(msg("Q2", "2.6")))["MSA"][1] == "AR"
+            # the role runtime: heartbeat for `status`, readiness and counters over HTTP
+            assert list(redis_client.scan_iter(match=keys.heartbeat("listener", "*")))
+            base = f"http://127.0.0.1:{metrics_port}"
+            ready = json.loads(urllib.request.urlopen(base + "/readyz", timeout=5).read())
+            assert ready["checks"]["mllp"] is True
+            text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+            assert 'mwl_acks_total{code="AA"} 1.0' in text
+            assert 'mwl_frames_rejected_total{reason="version"} 1.0' in text
+            assert 'mwl_messages_received_total{message_type="ORM^O01"} 2.0' in text
             proc.send_signal(signal.SIGTERM)
             assert c.is_closed_by_peer(wait_s=10)
         assert proc.wait(timeout=20) == 0
@@ -295,6 +309,20 @@ def test_listen_command_serves_and_stops_cleanly_on_sigterm(redis_url: str) -> N
     err = proc.stderr.read().decode() if proc.stderr else ""
     assert "mllp.stopped" in err
     assert "DOE" not in err and "JANE" not in err  # no patient data in INFO logs
+
+
+def test_listen_command_port_in_use_is_a_config_error(redis_url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "bridge", "listen", "--redis-url", redis_url,
+             "--mllp-host", "127.0.0.1", "--mllp-port", str(port)],
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2  # `run` stops instead of restarting the child forever
+    assert b"mllp.port" in proc.stderr
 
 
 def test_listen_command_without_redis_url_is_a_config_error() -> None:
