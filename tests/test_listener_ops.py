@@ -35,6 +35,7 @@ from rq import Queue
 from bridge.keys import Keys
 
 StartFn = Callable[..., ListenerThread]
+V23_SAMPLE = "mllp_orm_v23_zds.hl7"
 
 
 @pytest.fixture
@@ -365,3 +366,25 @@ def test_stop_drains_the_in_flight_message(redis_url: str, keys: Keys) -> None:
         client.close()
         lt.loop.call_soon_threadsafe(lt.loop.stop)
         lt.thread.join(10)
+
+
+def test_listener_to_worker_end_to_end(
+    mllp: StartFn, redis_url: str, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The intake contract as the workers consume it: what the listener stored becomes
+    worklist items, charsets decoded right (Latin-1 without MSH-18, UTF-8 with)."""
+    lt = mllp()
+    with MllpClient(lt.port) as c:
+        for name in (V23_SAMPLE, "mllp_orm_v251_utf8.hl7", "mllp_orm_latin1_no_msh18.hl7"):
+            assert ack_fields(c.send(sample(name)))["MSA"][1] == "AA"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge", "worker", "--burst", "--redis-url", redis_url],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    items = [redis_client.get(k) for k in redis_client.scan_iter(match=keys.item("*"))]
+    text = b"".join(i for i in items if i).decode("utf-8")
+    assert len(items) == 3
+    assert "GARÇON" in text and "MÜLLER" in text
+    assert redis_client.zcard(keys.deadletter_index) == 0
