@@ -226,6 +226,20 @@ def measure(kind: str, settings: Settings, conns: int, seconds: float, warmup: f
         lt.close()
 
 
+def fresh_aof(r: redis.Redis) -> None:
+    """Empty Redis and compact its AOF before a run, so no automatic AOF rewrite (which
+    starts once the file passes 64 MB) lands inside a measured run of either server."""
+    r.flushall()
+    r.bgrewriteaof()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        info = r.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            return
+        time.sleep(0.05)
+    raise SystemExit("AOF rewrite did not finish")
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -276,7 +290,7 @@ def main() -> None:
                 # alternate who goes first, so a drift in conditions does not favour one
                 order = ("baseline", "listener") if _round % 2 == 0 else ("listener", "baseline")
                 for kind in order:
-                    r.flushall()
+                    fresh_aof(r)
                     load = os.getloadavg()[0]
                     res = measure(kind, settings, conns, args.seconds, args.warmup)
                     results.setdefault((kind, conns), []).append(res)
