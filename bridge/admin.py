@@ -27,14 +27,18 @@ import redis
 from bridge import deadletter, embedded_redis
 from bridge.connections import sync_client
 from bridge.errors import ConfigError, StoreUnavailable
+from bridge.gate import check_decodable, check_header
+from bridge.intake import IntakeRecord, submit
 from bridge.keys import Keys
 from bridge.metrics import status_counts
+from bridge.msh import MshError, read_msh
 from bridge.settings import Settings, mask_url
 from bridge.store import CandidateQuery, WorklistStore
 from bridge.worklist import WorklistItem
 
 EXIT_NOT_FOUND = 1
 EXIT_UNAVAILABLE = 1
+EXIT_REFUSED = 1
 
 
 # -- plumbing ---------------------------------------------------------------------------
@@ -233,7 +237,9 @@ def letter_summary(letter: deadletter.DeadLetter) -> dict[str, Any]:
         "location": letter.location,
         "reason": letter.reason,
         "control_id": letter.meta.get("control_id", ""),
-        "sender": letter.meta.get("sender", ""),
+        "sender": "|".join(
+            filter(None, (letter.meta.get("sending_app"), letter.meta.get("sending_facility")))
+        ),
         "bytes": len(letter.raw),
     }
 
@@ -289,6 +295,68 @@ def deadletter_drop(settings: Settings, args: argparse.Namespace) -> int:
     if not dropped:
         return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
     print(f"dropped {args.dead_id}")
+    return 0
+
+
+def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Queue a dead letter's raw message again, through the listener's own header gate.
+
+    For after the cause is fixed (a mapping file corrected, a sender's charset set). The
+    message is applied as if it had just arrived, i.e. after everything already applied:
+    replaying an old NW after a later CA of the same order would bring the order back,
+    so look at the order's history first. The dead letter is dropped once queued.
+    """
+    client, keys = _open(settings)
+    try:
+        letter = deadletter.get(client, keys, args.dead_id)
+    except redis.RedisError as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    if letter is None:
+        return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
+    m = settings.mllp
+    try:
+        h = read_msh(letter.raw, m.default_charset)
+    except MshError as exc:
+        return _fail(f"not replayed: the MSH is still unreadable: {exc.reason}", EXIT_REFUSED)
+    refusal = check_header(h, m) or check_decodable(letter.raw, h, m)
+    if refusal is not None:
+        return _fail(
+            f"not replayed: {refusal.reason} ({refusal.location or 'message'}, "
+            f"HL7 error {int(refusal.error)})",
+            EXIT_REFUSED,
+        )
+    record = IntakeRecord(
+        raw=letter.raw,
+        received_at=time.time(),
+        peer=f"replay:{letter.dead_id}",
+        sending_app=h.sending_app,
+        sending_facility=h.sending_facility,
+        receiving_app=h.receiving_app,
+        receiving_facility=h.receiving_facility,
+        control_id=h.control_id,
+        message_type=h.message_type,
+        version=h.version,
+        charset=h.charset,
+        processing_id=h.processing_id_raw,
+        # Nobody waits on a replay's application ACK.
+        ack_mode="commit",
+    )
+    try:
+        result = submit(
+            client,
+            keys,
+            record,
+            dedupe_ttl_s=m.dedupe_retention_s,
+            max_retries=settings.worker.max_retries,
+            replay=True,
+        )
+        deadletter.drop(client, keys, letter.dead_id)
+    except (StoreUnavailable, redis.RedisError) as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    if args.json:
+        _emit({"dead_id": letter.dead_id, "message_id": result.message_id}, True, "")
+    else:
+        print(f"replayed {letter.dead_id} as message {result.message_id}")
     return 0
 
 

@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = dsub.add_parser(name, help=text)
         _add_settings_flags(p)
         p.add_argument("dead_id", metavar="ID")
-        if name in ("show",):
+        if name in ("show", "replay"):
             p.add_argument("--json", action="store_true")
     return parser
 

@@ -104,12 +104,15 @@ def submit(
     dedupe_ttl_s: int,
     max_retries: int,
     message_id: str | None = None,
+    replay: bool = False,
 ) -> SubmitResult:
     """Store ``record`` and queue its job atomically, unless it is a resend.
 
-    ``dedupe_ttl_s`` = 0 keeps dedupe keys forever. Raises :class:`StoreUnavailable`
-    when Redis cannot be reached or the transaction fails; nothing is half-written then
-    (MULTI/EXEC is all or nothing).
+    ``dedupe_ttl_s`` = 0 keeps dedupe keys forever. ``replay`` (dead-letter replay, an
+    operator's decision) skips the resend check and points the dedupe key at the new
+    copy, so a later resend from the sender is recognised as a duplicate of it.
+    Raises :class:`StoreUnavailable` when Redis cannot be reached or the transaction
+    fails; nothing is half-written then (MULTI/EXEC is all or nothing).
     """
     message_id = message_id or uuid.uuid4().hex
     digest = record.digest
@@ -120,7 +123,7 @@ def submit(
             for _ in range(_WATCH_ATTEMPTS):
                 try:
                     pipe.watch(dedupe_key)
-                    existing = pipe.get(dedupe_key)
+                    existing = None if replay else pipe.get(dedupe_key)
                     if existing is not None:
                         pipe.unwatch()
                         stored_digest, _, stored_id = existing.decode().partition("|")

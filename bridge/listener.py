@@ -39,6 +39,7 @@ from bridge.ack import AckPolicy, Outcome, build_ack
 from bridge.codes import Hl7Error
 from bridge.connections import async_client, sync_client
 from bridge.errors import ConfigError, StoreUnavailable
+from bridge.gate import check_decodable, check_header
 from bridge.intake import AppResult, IntakeRecord, SubmitKind, submit
 from bridge.keys import Keys
 from bridge.logs import fields
@@ -500,16 +501,9 @@ class Listener:
                 dead_reason=reason,
                 reject="missing_final_cr",
             )
-        gate = self._gate(h)
+        gate = self._gate(h, content)
         if gate is not None:
             return gate
-        try:
-            content.decode(h.codec)
-        except UnicodeDecodeError as exc:
-            reason = f"byte not valid in {h.charset or m.default_charset} at offset {exc.start}"
-            return Verdict(
-                Outcome.ERROR, h, Hl7Error.DATA_TYPE, reason, dead_reason=reason, reject="charset"
-            )
 
         record = IntakeRecord(
             raw=content,
@@ -569,52 +563,21 @@ class Listener:
             return await self._application_verdict(h, result.message_id)
         return Verdict(Outcome.ACCEPTED, h, message_id=result.message_id, note="queued")
 
-    def _gate(self, h: Msh) -> Verdict | None:
+    def _gate(self, h: Msh, content: bytes) -> Verdict | None:
         """HL7 v2 2.9.2: the receiver checks MSH-9, MSH-11 and MSH-12 before anything."""
         m = self.settings.mllp
-        reason = ""
-        if h.message_type not in m.accepted_message_types:
-            types = {t.split("^", 1)[0] for t in m.accepted_message_types}
-            known_type = h.type_code in types
-            error = Hl7Error.UNSUPPORTED_EVENT if known_type else Hl7Error.UNSUPPORTED_MESSAGE_TYPE
-            reason = f"message type {h.message_type or '(empty)'} not accepted"
-            return Verdict(
-                Outcome.REJECTED, h, error, reason, "MSH-9", dead_reason=reason, reject="type"
-            )
-        if h.processing_id not in m.accepted_processing_ids:
-            reason = f"processing id {h.processing_id or '(empty)'} not accepted"
-            return Verdict(
-                Outcome.REJECTED,
-                h,
-                Hl7Error.UNSUPPORTED_PROCESSING_ID,
-                reason,
-                "MSH-11",
-                dead_reason=reason,
-                reject="processing_id",
-            )
-        if h.version not in m.accepted_versions:
-            reason = f"version {h.version_raw or '(empty)'} not accepted"
-            return Verdict(
-                Outcome.REJECTED,
-                h,
-                Hl7Error.UNSUPPORTED_VERSION,
-                reason,
-                "MSH-12",
-                dead_reason=reason,
-                reject="version",
-            )
-        if not h.control_id.strip():
-            reason = "MSH-10 (message control id) is empty"
-            return Verdict(
-                Outcome.ERROR,
-                h,
-                Hl7Error.REQUIRED_FIELD_MISSING,
-                reason,
-                "MSH-10",
-                dead_reason=reason,
-                reject="bad_msh",
-            )
-        return None
+        refusal = check_header(h, m) or check_decodable(content, h, m)
+        if refusal is None:
+            return None
+        return Verdict(
+            Outcome.REJECTED if refusal.reject else Outcome.ERROR,
+            h,
+            refusal.error,
+            refusal.reason,
+            refusal.location,
+            dead_reason=refusal.reason,
+            reject=refusal.label,
+        )
 
     async def _application_verdict(self, h: Msh, message_id: str) -> Verdict:
         """``--ack-mode application``: wait for the worker's verdict (already durable)."""
