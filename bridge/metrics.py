@@ -76,7 +76,8 @@ ACKS = Counter(
 FRAMES_REJECTED = Counter(
     "mwl_frames_rejected",
     "MLLP frames or messages rejected before queueing, by reason "
-    "(too_large, timeout, junk, bad_msh, type, version, processing_id, store_unavailable).",
+    "(too_large, timeout, incomplete, junk, bad_msh, missing_final_cr, type, version, "
+    "processing_id, charset, duplicate_control_id, store_unavailable).",
     ["reason"],
     registry=REGISTRY,
 )
