@@ -1,0 +1,219 @@
+"""pynetdicom event handlers of the MWL SCP: C-FIND (a generator) and C-ECHO.
+
+Bound with their dependencies by :mod:`bridge.scp` (``evt_handlers=[(evt.EVT_C_FIND,
+handle_find, [store, settings])]``). Every status of PS3.4 Table K.4-1 is decided here;
+no exception escapes to pynetdicom (which would answer its generic C311):
+
+* FF00 per matching item, FF01 when the query holds keys we only return;
+* FE00 when a C-CANCEL-FIND-RQ arrived (checked before every yield);
+* A900 for an Identifier that does not fit the model or cannot be decoded;
+* A700 when the store is unreachable or the matches exceed ``scp.max_results``
+  (refused, never truncated);
+* C101 bad range syntax, C102 stored item unreadable, C1FF anything unexpected.
+
+The final Success (0000) is sent by pynetdicom when the generator ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from bridge.codes import CFindStatus
+from bridge.errors import StoreUnavailable
+from bridge.logs import fields
+from bridge.matching import MatchOptions, matches
+from bridge.query import QueryError, WorklistQuery, parse_identifier
+from bridge.response import ResponseError, build_response
+from bridge.settings import ScpSettings
+from bridge.store import WorklistStore
+from bridge.worklist import WorklistItem
+
+log = logging.getLogger(__name__)
+
+FindResult = tuple[int | Dataset, Dataset | None]
+
+#: How often (in items) the pre-count of an over-large candidate set checks for cancel.
+_CANCEL_CHECK_EVERY = 256
+#: (0000,0902) Error Comment is LO: 64 characters.
+_COMMENT_MAX = 64
+
+
+class StoreDataCorrupt(Exception):
+    """A stored item could not be read back (JSON or shape error)."""
+
+
+def failure(status: int, comment: str, offending: Iterable[int] = ()) -> Dataset:
+    """A status Dataset carrying Error Comment and Offending Element (PS3.7 C.4.1)."""
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:_COMMENT_MAX]
+    tags = list(offending)
+    if tags:
+        ds.OffendingElement = tags if len(tags) > 1 else tags[0]
+    return ds
+
+
+def _calling_called(event: Any) -> tuple[str, str]:
+    assoc = event.assoc
+    calling = str(assoc.requestor.ae_title or "").strip()
+    called = ""
+    primitive = getattr(assoc.requestor, "primitive", None)
+    if primitive is not None:
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    return calling, called
+
+
+def _items(store: WorklistStore, ids: list[str]) -> Iterator[WorklistItem]:
+    loader = store.load(ids)
+    while True:
+        try:
+            item = next(loader)
+        except StopIteration:
+            return
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreDataCorrupt(type(exc).__name__) from None
+        yield item
+
+
+def _visible(item: WorklistItem, query: WorklistQuery, options: MatchOptions) -> bool:
+    if item.hidden:
+        return False
+    if query.worklist is not None and item.worklist != query.worklist:
+        return False
+    if item.status in query.hidden_statuses:
+        return False
+    return matches(item.attrs, query.conditions, options)
+
+
+def handle_find(event: Any, store: WorklistStore, settings: ScpSettings) -> Iterator[FindResult]:
+    """EVT_C_FIND handler for Modality Worklist Information Model – FIND."""
+    started = time.monotonic()
+    calling, called = _calling_called(event)
+    outcome: dict[str, Any] = {"status": "0000", "matches": 0}
+    try:
+        yield from _find(event, store, settings, calling, called, outcome)
+    except StoreUnavailable as exc:
+        outcome["status"] = "A700"
+        log.warning("cfind.store_unavailable", extra=fields(error=str(exc)))
+        yield failure(CFindStatus.OUT_OF_RESOURCES, "Worklist store unavailable"), None
+    except StoreDataCorrupt as exc:
+        outcome["status"] = "C102"
+        log.error("cfind.store_corrupt", extra=fields(error=str(exc)))
+        yield (
+            failure(CFindStatus.UNABLE_STORE_DATA_CORRUPT, "Stored worklist item unreadable"),
+            None,
+        )
+    except Exception:
+        outcome["status"] = "C1FF"
+        log.exception("cfind.internal_error")
+        yield failure(CFindStatus.UNABLE_INTERNAL, "Internal error in the worklist SCP"), None
+    finally:
+        log.info(
+            "cfind.done",
+            extra=fields(
+                calling_ae=calling,
+                called_ae=called,
+                ms=round((time.monotonic() - started) * 1000, 1),
+                **outcome,
+            ),
+        )
+
+
+def _find(
+    event: Any,
+    store: WorklistStore,
+    settings: ScpSettings,
+    calling: str,
+    called: str,
+    outcome: dict[str, Any],
+) -> Iterator[FindResult]:
+    if event.is_cancelled:
+        outcome["status"] = "FE00"
+        yield CFindStatus.CANCEL, None
+        return
+    try:
+        # event.identifier decodes lazily: a malformed Identifier raises here or while
+        # parse_identifier walks it, and must become our A900, not pynetdicom's C311.
+        query = parse_identifier(event.identifier, settings, calling, called)
+    except QueryError as exc:
+        outcome["status"] = f"{int(exc.status):04X}"
+        log.info("cfind.rejected", extra=fields(reason=exc.comment))
+        yield failure(exc.status, exc.comment, exc.offending), None
+        return
+    except Exception as exc:
+        outcome["status"] = "A900"
+        log.warning("cfind.undecodable", extra=fields(error=type(exc).__name__))
+        yield (
+            failure(
+                CFindStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "Identifier cannot be decoded"
+            ),
+            None,
+        )
+        return
+    if query.unsupported:
+        log.info("cfind.unsupported_keys", extra=fields(keys=",".join(query.unsupported)))
+
+    options = MatchOptions(settings.pn_case_insensitive, settings.pn_accent_insensitive)
+    ids = store.candidate_ids(query.candidate)
+    outcome["candidates"] = len(ids)
+    limit = settings.max_results
+    source: Iterable[WorklistItem]
+    if limit and len(ids) > limit:
+        # More candidates than the limit: count real matches before sending anything,
+        # so an over-broad query is refused (A700) rather than truncated.
+        matched: list[WorklistItem] = []
+        for n, item in enumerate(_items(store, ids)):
+            if n % _CANCEL_CHECK_EVERY == 0 and event.is_cancelled:
+                outcome["status"] = "FE00"
+                yield CFindStatus.CANCEL, None
+                return
+            if _visible(item, query, options):
+                matched.append(item)
+                if len(matched) > limit:
+                    outcome["status"] = "A700"
+                    yield (
+                        failure(
+                            CFindStatus.OUT_OF_RESOURCES,
+                            f"More than {limit} matches: refine the query",
+                        ),
+                        None,
+                    )
+                    return
+        source = matched
+    else:
+        source = (it for it in _items(store, ids) if _visible(it, query, options))
+
+    pending = CFindStatus.PENDING_WARNING if query.unsupported else CFindStatus.PENDING
+    policy = settings.response_charset_by_ae.get(calling, settings.response_charset)
+    sent = 0
+    skipped = 0
+    for item in source:
+        try:
+            identifier = build_response(item.attrs, query, policy)
+        except ResponseError as exc:
+            # One unencodable item must not take the whole worklist down: skip it and
+            # say so (no patient data in the log, only the item id).
+            skipped += 1
+            log.error("cfind.item_skipped", extra=fields(item_id=item.item_id, reason=str(exc)))
+            continue
+        if event.is_cancelled:
+            outcome.update(status="FE00", matches=sent)
+            yield CFindStatus.CANCEL, None
+            return
+        sent += 1
+        yield pending, identifier
+    outcome.update(matches=sent, skipped=skipped)
+    if event.is_cancelled:
+        outcome["status"] = "FE00"
+        yield CFindStatus.CANCEL, None
+
+
+def handle_echo(event: Any) -> int:
+    """EVT_C_ECHO handler (Verification SOP Class): always Success."""
+    return 0x0000
