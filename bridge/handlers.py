@@ -36,10 +36,16 @@ from bridge.worklist import WorklistItem
 
 log = logging.getLogger(__name__)
 
+#: Modality Worklist Information Model – FIND (PS3.4 K.6.1.1).
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+
 FindResult = tuple[int | Dataset, Dataset | None]
 
 #: How often (in items) the pre-count of an over-large candidate set checks for cancel.
 _CANCEL_CHECK_EVERY = 256
+#: Every this many Pendings the handler lets the send queue drain (see
+#: _wait_for_send_queue): bounds how late a C-CANCEL is noticed.
+_DRAIN_EVERY = 8
 #: (0000,0902) Error Comment is LO: 64 characters.
 _COMMENT_MAX = 64
 
@@ -137,6 +143,10 @@ def _find(
         outcome["status"] = "FE00"
         yield CFindStatus.CANCEL, None
         return
+    if str(event.context.abstract_syntax) != MWL_FIND:
+        outcome["status"] = "0122"
+        yield CFindStatus.SOP_CLASS_NOT_SUPPORTED, None
+        return
     try:
         # event.identifier decodes lazily: a malformed Identifier raises here or while
         # parse_identifier walks it, and must become our A900, not pynetdicom's C311.
@@ -202,6 +212,8 @@ def _find(
             skipped += 1
             log.error("cfind.item_skipped", extra=fields(item_id=item.item_id, reason=str(exc)))
             continue
+        if sent % _DRAIN_EVERY == 0:
+            _wait_for_send_queue(event)
         if event.is_cancelled:
             outcome.update(status="FE00", matches=sent)
             yield CFindStatus.CANCEL, None
@@ -212,6 +224,24 @@ def _find(
     if event.is_cancelled:
         outcome["status"] = "FE00"
         yield CFindStatus.CANCEL, None
+
+
+def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
+    """Let pynetdicom's DUL drain the responses already queued before yielding more.
+
+    The DUL reactor always sends a queued PDU before it reads the socket, so if the
+    handler queues matches faster than they go out, an incoming C-CANCEL-FIND-RQ is
+    only read after every queued response was sent and ``is_cancelled`` never sees it
+    in time. Waiting for an empty send queue gives the reactor a read turn between
+    responses; it costs little, the reactor paces sending anyway. Without the
+    attribute (another pynetdicom version) this is a no-op.
+    """
+    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
+    if queue is None:
+        return
+    deadline = time.monotonic() + limit_s
+    while queue.qsize() > 0 and event.assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def handle_echo(event: Any) -> int:

@@ -24,7 +24,12 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom import _config as pnd_config
-from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.connections import sync_client
@@ -38,6 +43,13 @@ from bridge.store import WorklistStore
 log = logging.getLogger(__name__)
 
 TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: FIND models we do not serve; with ``scp.answer_other_find_models_with_0122`` their
+#: contexts are accepted so a C-FIND on them gets an explicit 0122 instead of a context
+#: rejection (pynetdicom itself never answers 0122 for C-FIND).
+OTHER_FIND_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+]
 
 
 def build_ae(settings: Settings) -> AE:
@@ -49,6 +61,9 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=scp.ae_title)
     ae.add_supported_context(ModalityWorklistInformationFind, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    if scp.answer_other_find_models_with_0122:
+        for model in OTHER_FIND_MODELS:
+            ae.add_supported_context(model, TRANSFER_SYNTAXES)
     ae.maximum_associations = scp.max_associations
     ae.acse_timeout = scp.acse_timeout_s
     ae.dimse_timeout = scp.dimse_timeout_s
@@ -100,13 +115,14 @@ class MwlScp:
         )
         return self.port
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self, grace_s: float | None = None) -> None:
         if self._server is not None:
             # Stop accepting, let running associations finish for a moment, then abort
             # whatever is left (a modality polling again simply reconnects later).
             self._server.shutdown()
             self._server = None
-            deadline = time.monotonic() + grace_s
+            grace = self.settings.scp.shutdown_grace_s if grace_s is None else grace_s
+            deadline = time.monotonic() + grace
             while self.ae.active_associations and time.monotonic() < deadline:
                 time.sleep(0.05)
             for assoc in self.ae.active_associations:

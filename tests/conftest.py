@@ -11,10 +11,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
-from bridge.keys import Keys  # noqa: E402
-from bridge.settings import RedisSettings, Settings, load_settings  # noqa: E402
+from bridge.keys import Keys
+from bridge.settings import RedisSettings, Settings, load_settings
 
 SAMPLES = Path(__file__).parent / "samples"
 

@@ -14,8 +14,14 @@ from bridge.worklist import SPS, WorklistItem
 
 
 def make_item(
-    n: int, date: str = "20260705", time: str = "101500", station: str | list[str] = "CT1",
-    modality: str = "CT", pid: str = "P1", status: str = "SCHEDULED", order: str = "",
+    n: int,
+    date: str = "20260705",
+    time: str = "101500",
+    station: str | list[str] = "CT1",
+    modality: str = "CT",
+    pid: str = "P1",
+    status: str = "SCHEDULED",
+    order: str = "",
 ) -> WorklistItem:
     return WorklistItem(
         item_id=f"it{n}",
