@@ -87,7 +87,8 @@ def generate(n_items: int, seed: int = 42) -> list[WorklistItem]:
     items = []
     for i in range(n_items):
         station = i % 20
-        pid = f"PAT{rng.randrange(patients):07d}"
+        # Each patient gets exactly two items (i and i + N/2), far apart in time.
+        pid = f"PAT{i % patients:07d}"
         minutes = rng.randrange(0, 144) * 5  # 07:00 … 18:55
         time_s = f"{7 + minutes // 60:02d}{minutes % 60:02d}00"
         attrs: dict[str, Any] = {

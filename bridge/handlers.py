@@ -29,7 +29,7 @@ from bridge.errors import StoreUnavailable
 from bridge.logs import fields
 from bridge.matching import MatchOptions, matches
 from bridge.query import QueryError, WorklistQuery, parse_identifier
-from bridge.response import ResponseError, build_response
+from bridge.response import ResponseCache, ResponseError, encoded_response
 from bridge.settings import ScpSettings
 from bridge.store import WorklistStore
 from bridge.worklist import WorklistItem
@@ -75,8 +75,8 @@ def _calling_called(event: Any) -> tuple[str, str]:
     return calling, called
 
 
-def _items(store: WorklistStore, ids: list[str]) -> Iterator[WorklistItem]:
-    loader = store.load(ids)
+def _items(store: WorklistStore, ids: list[str]) -> Iterator[tuple[bytes, WorklistItem]]:
+    loader = store.load_raw(ids)
     while True:
         try:
             item = next(loader)
@@ -97,13 +97,18 @@ def _visible(item: WorklistItem, query: WorklistQuery, options: MatchOptions) ->
     return matches(item.attrs, query.conditions, options)
 
 
-def handle_find(event: Any, store: WorklistStore, settings: ScpSettings) -> Iterator[FindResult]:
+def handle_find(
+    event: Any,
+    store: WorklistStore,
+    settings: ScpSettings,
+    cache: ResponseCache | None = None,
+) -> Iterator[FindResult]:
     """EVT_C_FIND handler for Modality Worklist Information Model – FIND."""
     started = time.monotonic()
     calling, called = _calling_called(event)
     outcome: dict[str, Any] = {"status": "0000", "matches": 0}
     try:
-        yield from _find(event, store, settings, calling, called, outcome)
+        yield from _find(event, store, settings, cache, calling, called, outcome)
     except StoreUnavailable as exc:
         outcome["status"] = "A700"
         log.warning("cfind.store_unavailable", extra=fields(error=str(exc)))
@@ -135,6 +140,7 @@ def _find(
     event: Any,
     store: WorklistStore,
     settings: ScpSettings,
+    cache: ResponseCache | None,
     calling: str,
     called: str,
     outcome: dict[str, Any],
@@ -173,18 +179,18 @@ def _find(
     ids = store.candidate_ids(query.candidate)
     outcome["candidates"] = len(ids)
     limit = settings.max_results
-    source: Iterable[WorklistItem]
+    source: Iterable[tuple[bytes, WorklistItem]]
     if limit and len(ids) > limit:
         # More candidates than the limit: count real matches before sending anything,
         # so an over-broad query is refused (A700) rather than truncated.
-        matched: list[WorklistItem] = []
-        for n, item in enumerate(_items(store, ids)):
+        matched: list[tuple[bytes, WorklistItem]] = []
+        for n, (raw, item) in enumerate(_items(store, ids)):
             if n % _CANCEL_CHECK_EVERY == 0 and event.is_cancelled:
                 outcome["status"] = "FE00"
                 yield CFindStatus.CANCEL, None
                 return
             if _visible(item, query, options):
-                matched.append(item)
+                matched.append((raw, item))
                 if len(matched) > limit:
                     outcome["status"] = "A700"
                     yield (
@@ -197,15 +203,16 @@ def _find(
                     return
         source = matched
     else:
-        source = (it for it in _items(store, ids) if _visible(it, query, options))
+        source = ((r, it) for r, it in _items(store, ids) if _visible(it, query, options))
 
     pending = CFindStatus.PENDING_WARNING if query.unsupported else CFindStatus.PENDING
     policy = settings.response_charset_by_ae.get(calling, settings.response_charset)
+    implicit = bool(event.context.transfer_syntax.is_implicit_VR)
     sent = 0
     skipped = 0
-    for item in source:
+    for raw, item in source:
         try:
-            identifier = build_response(item.attrs, query, policy)
+            identifier = encoded_response(raw, item.attrs, query, policy, implicit, cache)
         except ResponseError as exc:
             # One unencodable item must not take the whole worklist down: skip it and
             # say so (no patient data in the log, only the item id).

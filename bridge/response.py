@@ -15,7 +15,10 @@ caught here as :class:`ResponseError`, before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from io import BytesIO
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -24,6 +27,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom.dsutils import decode, encode
 
 from bridge.matching import SEQUENCE_KEYS, SPS_KEYWORD, KeySpec
 from bridge.query import RequestedKey, WorklistQuery
@@ -193,3 +197,60 @@ def keyword_vr(keyword: str) -> str:
     if tag is None:
         raise KeyError(keyword)
     return str(dictionary_VR(tag))
+
+
+class ResponseCache:
+    """Encoded response Identifiers, keyed by the item's stored bytes and everything
+    that shapes the response (requested keys, charset policy, query charset, VR
+    encoding). Modalities repeat the same query every few minutes, and pydicom building
+    + encoding costs far more than the rest of a response; a changed item has other
+    bytes, so it can never hit a stale entry. Bounded LRU, thread-safe (one per SCP)."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._max = max_entries
+        self._data: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: Hashable) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: bytes) -> None:
+        if self._max <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+
+def encoded_response(
+    raw: bytes,
+    attrs: Mapping[str, Any],
+    query: WorklistQuery,
+    charset_policy: str,
+    implicit_vr: bool,
+    cache: ResponseCache | None = None,
+) -> Dataset:
+    """The response Identifier for one item, encoded once and checked: the returned
+    Dataset holds raw (already encoded) elements, which pynetdicom writes as they are,
+    so its own encoding step (and its C312) cannot fail. Raises :class:`ResponseError`."""
+    key = (raw, query.requested, charset_policy, query.charset, query.charset_requested)
+    key += (implicit_vr,)
+    data = cache.get(key) if cache is not None else None
+    if data is None:
+        ds = build_response(attrs, query, charset_policy)
+        encoded = encode(ds, implicit_vr, True)
+        if not encoded:
+            raise ResponseError("response could not be encoded")
+        data = encoded
+        if cache is not None:
+            cache.put(key, data)
+    return decode(BytesIO(data), implicit_vr, True)

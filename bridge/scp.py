@@ -37,6 +37,7 @@ from bridge.errors import ConfigError
 from bridge.handlers import handle_echo, handle_find
 from bridge.keys import Keys
 from bridge.logs import fields
+from bridge.response import ResponseCache
 from bridge.settings import Settings
 from bridge.store import WorklistStore
 
@@ -87,6 +88,7 @@ class MwlScp:
             store = WorklistStore(self._client, Keys(settings.redis.key_prefix))
         self.store = store
         self.ae = build_ae(settings)
+        self.cache = ResponseCache(settings.scp.response_cache_entries)
         self._server: ThreadedAssociationServer | None = None
 
     @property
@@ -98,7 +100,7 @@ class MwlScp:
     def start(self) -> int:
         scp = self.settings.scp
         handlers: list[Any] = [
-            (evt.EVT_C_FIND, handle_find, [self.store, scp]),
+            (evt.EVT_C_FIND, handle_find, [self.store, scp, self.cache]),
             (evt.EVT_C_ECHO, handle_echo),
         ]
         self._server = self.ae.start_server(

@@ -147,6 +147,8 @@ class ScpSettings:
     answer_other_find_models_with_0122: bool = True
     #: Seconds ``stop()`` lets running associations finish before aborting them.
     shutdown_grace_s: float = 2.0
+    #: Encoded responses kept in memory, keyed by item content (0 = no cache).
+    response_cache_entries: int = 20_000
 
 
 @dataclass(frozen=True)

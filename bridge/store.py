@@ -289,5 +289,18 @@ class WorklistStore:
                 if raw:
                     yield WorklistItem.from_json(raw)
 
+    def load_raw(self, ids: list[str]) -> Iterator[tuple[bytes, WorklistItem]]:
+        """Like :meth:`load`, also yielding each item's stored JSON bytes (the SCP keys
+        its encoded-response cache on them, so any change of the item misses)."""
+        for start in range(0, len(ids), _LOAD_CHUNK):
+            chunk = ids[start : start + _LOAD_CHUNK]
+            try:
+                raws = self._r.mget([self._keys.item(i) for i in chunk])
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"worklist read failed: {exc}") from exc
+            for raw in raws:
+                if raw:
+                    yield raw, WorklistItem.from_json(raw)
+
     def find(self, query: CandidateQuery) -> Iterator[WorklistItem]:
         return self.load(self.candidate_ids(query))
