@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -249,6 +250,21 @@ def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
     deadline = time.monotonic() + limit_s
     while queue.qsize() > 0 and event.assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.0005)
+
+
+def handle_conn_open(event: Any) -> None:
+    """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket.
+
+    pynetdicom writes a C-FIND-RSP as two small PDUs (command, then identifier); with
+    Nagle on, the second waits for the peer's delayed ACK (~40 ms on Linux) — a stall
+    on every query with matches. Best effort: the socket attribute is pynetdicom's.
+    """
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # pragma: no cover - other pynetdicom versions
+        log.debug("scp.nodelay_unavailable")
 
 
 def handle_echo(event: Any) -> int:

@@ -34,7 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.connections import sync_client
 from bridge.errors import ConfigError
-from bridge.handlers import handle_echo, handle_find
+from bridge.handlers import handle_conn_open, handle_echo, handle_find
 from bridge.keys import Keys
 from bridge.logs import fields
 from bridge.response import ResponseCache
@@ -102,6 +102,7 @@ class MwlScp:
         handlers: list[Any] = [
             (evt.EVT_C_FIND, handle_find, [self.store, scp, self.cache]),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_OPEN, handle_conn_open),
         ]
         self._server = self.ae.start_server(
             (scp.host, scp.port), block=False, evt_handlers=handlers

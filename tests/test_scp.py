@@ -495,3 +495,21 @@ def test_stop_is_clean_with_an_open_association(start_scp: StartScp) -> None:
     while assoc.is_established and time.monotonic() < deadline:
         time.sleep(0.02)
     assert assoc.is_aborted or not assoc.is_established
+
+
+def test_nagle_is_off_on_association_sockets(start_scp: StartScp) -> None:
+    """Two small PDUs per C-FIND-RSP must not wait for the peer's delayed ACK."""
+    import socket
+
+    scp = start_scp()
+    assoc = scu().associate("127.0.0.1", scp.port)
+    assert assoc.is_established
+    try:
+        deadline = time.monotonic() + 5
+        while not scp.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [server_side] = scp.ae.active_associations
+        sock = server_side.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
