@@ -143,9 +143,8 @@ def _parse_level(
             if elem.VR != "SQ":
                 level.requested.append(RequestedKey(int(tag), keyword, elem.VR))
             continue
-        if elem.VR not in (spec.vr, "UN") and not (
-            spec.vr.startswith(elem.VR) or elem.VR in spec.vr.split(" or ")
-        ):
+        # UN: an explicit-VR SCU that did not know the VR (pydicom converts it when it can).
+        if elem.VR != "UN" and elem.VR not in spec.vr.split(" or "):
             raise QueryError(
                 CFindStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                 f"{keyword} has VR {elem.VR}, expected {spec.vr}",
