@@ -70,6 +70,9 @@ def tool(name: str) -> str:
 
 
 FINDSCU, ECHOSCU, WLMSCPFS = tool("findscu"), tool("echoscu"), tool("wlmscpfs")
+#: Environment of the DCMTK clients; ``--client-nodelay`` sets DCMTK's TCP_NODELAY=1
+#: (Nagle off in findscu/echoscu, which DCMTK leaves on by default).
+CLIENT_ENV: dict[str, str] = dict(os.environ)
 
 
 def day(n: int) -> str:
@@ -184,7 +187,10 @@ def findscu_args(port: int, keys: list[str], extra: list[str] | None = None) -> 
 def count_matches(port: int, keys: list[str]) -> int:
     with tempfile.TemporaryDirectory() as out:
         proc = subprocess.run(
-            findscu_args(port, keys, ["-X", "-od", out]), capture_output=True, timeout=600
+            findscu_args(port, keys, ["-X", "-od", out]),
+            capture_output=True,
+            timeout=600,
+            env=CLIENT_ENV,
         )
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.decode(errors="replace"))
@@ -193,11 +199,11 @@ def count_matches(port: int, keys: list[str]) -> int:
 
 def time_command(args: list[str], runs: int, warmup: int = 2) -> dict[str, float]:
     for _ in range(warmup):
-        subprocess.run(args, capture_output=True, timeout=600, check=True)
+        subprocess.run(args, capture_output=True, timeout=600, check=True, env=CLIENT_ENV)
     samples = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run(args, capture_output=True, timeout=600, check=True)
+        subprocess.run(args, capture_output=True, timeout=600, check=True, env=CLIENT_ENV)
         samples.append((time.perf_counter() - started) * 1000)
     return {
         "median_ms": round(statistics.median(samples), 1),
@@ -246,7 +252,9 @@ def concurrent_polls(port: int, rounds: int = 5) -> dict[str, Any]:
             *RETURN_11[:7],
         ]
         started = time.perf_counter()
-        proc = subprocess.run(findscu_args(port, keys, ["-v"]), capture_output=True, timeout=120)
+        proc = subprocess.run(
+            findscu_args(port, keys, ["-v"]), capture_output=True, timeout=120, env=CLIENT_ENV
+        )
         elapsed = (time.perf_counter() - started) * 1000
         text = (proc.stdout + proc.stderr).decode(errors="replace")
         ok = proc.returncode == 0 and "Received Final Find Response (Success)" in text
@@ -357,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "scp_bench.json"))
+    parser.add_argument(
+        "--client-nodelay", action="store_true", help="run findscu/echoscu with TCP_NODELAY=1"
+    )
     args = parser.parse_args(argv)
-    report = {"machine": machine(), "results": []}
+    if args.client_nodelay:
+        CLIENT_ENV["TCP_NODELAY"] = "1"
+    report = {"machine": machine(), "client_nodelay": args.client_nodelay, "results": []}
     for size in (int(s) for s in args.sizes.split(",")):
         report["results"].append(bench_size(size, args.runs))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
