@@ -247,11 +247,18 @@ class WorklistStore:
         hi: float | str,
     ) -> list[str]:
         k = self._keys
+        excluded = [(f, v) for f, vals in query.exclude.items() for v in vals]
+        if excluded and (filters or check_range):
+            # Positive criteria first, exclusions on the survivors only: the hidden
+            # statuses are then checked on a few ids, not on the whole driver set.
+            survivors = self._filter(ids, filters, CandidateQuery(), check_range, lo, hi)
+            if not survivors:
+                return []
+            return self._filter(survivors, [], query, False, lo, hi)
         pipe = self._r.pipeline(transaction=False)
         for f, vals in filters:
             for v in vals:
                 pipe.smismember(k.index(f, v), ids)
-        excluded = [(f, v) for f, vals in query.exclude.items() for v in vals]
         for f, v in excluded:
             pipe.smismember(k.index(f, v), ids)
         if check_range:
