@@ -480,7 +480,8 @@ def test_max_associations(start_scp: StartScp) -> None:
     second = scu().associate("127.0.0.1", port)
     assert second.is_rejected
     second_rj = second.acceptor.primitive
-    assert (second_rj.result, second_rj.result_source) == (0x02, 0x03)  # transient, presentation
+    # rejected-transient, DICOM UL service-provider (presentation), local limit exceeded
+    assert (second_rj.result, second_rj.result_source, second_rj.diagnostic) == (0x02, 0x03, 0x02)
     first.release()
 
 
