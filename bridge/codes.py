@@ -105,7 +105,7 @@ class CFindStatus(IntEnum):
     CANCEL = 0xFE00
     OUT_OF_RESOURCES = 0xA700
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    SOP_CLASS_NOT_SUPPORTED = 0x0122  # sent by pynetdicom, never by our handler
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # C-FIND on a Q/R FIND context (PS3.7 C.4.1)
     # Our "Unable to process" causes (C000–CFFF range of Table K.4-1):
     UNABLE_BAD_RANGE = 0xC101  # range matching value not of the form a-b / -b / a-
     UNABLE_STORE_DATA_CORRUPT = 0xC102  # a stored item could not be read or encoded

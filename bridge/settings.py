@@ -159,6 +159,14 @@ class ScpSettings:
     response_charset: str = "query"
     #: Per calling AE overrides of ``response_charset``: ``AE=ISO_IR 100``.
     response_charset_by_ae: dict[str, str] = field(default_factory=dict)
+    #: Accept the Query/Retrieve FIND contexts (Patient/Study Root) at association and
+    #: answer each C-FIND on them with 0122 "SOP Class not supported" (PS3.7 C.4.1);
+    #: false = reject those presentation contexts (abstract syntax not supported).
+    answer_other_find_models_with_0122: bool = True
+    #: Seconds ``stop()`` lets running associations finish before aborting them.
+    shutdown_grace_s: float = 2.0
+    #: Encoded responses kept in memory, keyed by item content (0 = no cache).
+    response_cache_entries: int = 20_000
 
 
 @dataclass(frozen=True)

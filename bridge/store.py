@@ -264,11 +264,18 @@ class WorklistStore:
         hi: float | str,
     ) -> list[str]:
         k = self._keys
+        excluded = [(f, v) for f, vals in query.exclude.items() for v in vals]
+        if excluded and (filters or check_range):
+            # Positive criteria first, exclusions on the survivors only: the hidden
+            # statuses are then checked on a few ids, not on the whole driver set.
+            survivors = self._filter(ids, filters, CandidateQuery(), check_range, lo, hi)
+            if not survivors:
+                return []
+            return self._filter(survivors, [], query, False, lo, hi)
         pipe = self._r.pipeline(transaction=False)
         for f, vals in filters:
             for v in vals:
                 pipe.smismember(k.index(f, v), ids)
-        excluded = [(f, v) for f, vals in query.exclude.items() for v in vals]
         for f, v in excluded:
             pipe.smismember(k.index(f, v), ids)
         if check_range:
@@ -305,6 +312,19 @@ class WorklistStore:
             for raw in raws:
                 if raw:
                     yield WorklistItem.from_json(raw)
+
+    def load_raw(self, ids: list[str]) -> Iterator[tuple[bytes, WorklistItem]]:
+        """Like :meth:`load`, also yielding each item's stored JSON bytes (the SCP keys
+        its encoded-response cache on them, so any change of the item misses)."""
+        for start in range(0, len(ids), _LOAD_CHUNK):
+            chunk = ids[start : start + _LOAD_CHUNK]
+            try:
+                raws = self._r.mget([self._keys.item(i) for i in chunk])
+            except redis.RedisError as exc:
+                raise StoreUnavailable(f"worklist read failed: {exc}") from exc
+            for raw in raws:
+                if raw:
+                    yield raw, WorklistItem.from_json(raw)
 
     def find(self, query: CandidateQuery) -> Iterator[WorklistItem]:
         return self.load(self.candidate_ids(query))

@@ -1,0 +1,272 @@
+"""pynetdicom event handlers of the MWL SCP: C-FIND (a generator) and C-ECHO.
+
+Bound with their dependencies by :mod:`bridge.scp` (``evt_handlers=[(evt.EVT_C_FIND,
+handle_find, [store, settings])]``). Every status of PS3.4 Table K.4-1 is decided here;
+no exception escapes to pynetdicom (which would answer its generic C311):
+
+* FF00 per matching item, FF01 when the query holds keys we only return;
+* FE00 when a C-CANCEL-FIND-RQ arrived (checked before every yield);
+* A900 for an Identifier that does not fit the model or cannot be decoded;
+* A700 when the store is unreachable or the matches exceed ``scp.max_results``
+  (refused, never truncated);
+* C101 bad range syntax, C102 stored item unreadable, C1FF anything unexpected.
+
+The final Success (0000) is sent by pynetdicom when the generator ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from bridge.codes import CFindStatus
+from bridge.errors import StoreUnavailable
+from bridge.logs import fields
+from bridge.matching import MatchOptions, matches
+from bridge.query import QueryError, WorklistQuery, parse_identifier
+from bridge.response import ResponseCache, ResponseError, encoded_response
+from bridge.settings import ScpSettings
+from bridge.store import WorklistStore
+from bridge.worklist import WorklistItem
+
+log = logging.getLogger(__name__)
+
+#: Modality Worklist Information Model – FIND (PS3.4 K.6.1.1).
+MWL_FIND = "1.2.840.10008.5.1.4.31"
+
+FindResult = tuple[int | Dataset, Dataset | None]
+
+#: How often (in items) the pre-count of an over-large candidate set checks for cancel.
+_CANCEL_CHECK_EVERY = 256
+#: Every this many Pendings the handler lets the send queue drain (see
+#: _wait_for_send_queue): bounds how late a C-CANCEL is noticed.
+_DRAIN_EVERY = 8
+#: (0000,0902) Error Comment is LO: 64 characters.
+_COMMENT_MAX = 64
+
+
+class StoreDataCorrupt(Exception):
+    """A stored item could not be read back (JSON or shape error)."""
+
+
+def failure(status: int, comment: str, offending: Iterable[int] = ()) -> Dataset:
+    """A status Dataset carrying Error Comment and Offending Element (PS3.7 C.4.1)."""
+    ds = Dataset()
+    ds.Status = int(status)
+    ds.ErrorComment = comment[:_COMMENT_MAX]
+    tags = list(offending)
+    if tags:
+        ds.OffendingElement = tags if len(tags) > 1 else tags[0]
+    return ds
+
+
+def _calling_called(event: Any) -> tuple[str, str]:
+    assoc = event.assoc
+    calling = str(assoc.requestor.ae_title or "").strip()
+    called = ""
+    primitive = getattr(assoc.requestor, "primitive", None)
+    if primitive is not None:
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+    return calling, called
+
+
+def _items(store: WorklistStore, ids: list[str]) -> Iterator[tuple[bytes, WorklistItem]]:
+    loader = store.load_raw(ids)
+    while True:
+        try:
+            item = next(loader)
+        except StopIteration:
+            return
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError) as exc:
+            raise StoreDataCorrupt(type(exc).__name__) from None
+        yield item
+
+
+def _visible(item: WorklistItem, query: WorklistQuery, options: MatchOptions) -> bool:
+    if item.hidden:
+        return False
+    if query.worklist is not None and item.worklist != query.worklist:
+        return False
+    if item.status in query.hidden_statuses:
+        return False
+    return matches(item.attrs, query.conditions, options)
+
+
+def handle_find(
+    event: Any,
+    store: WorklistStore,
+    settings: ScpSettings,
+    cache: ResponseCache | None = None,
+) -> Iterator[FindResult]:
+    """EVT_C_FIND handler for Modality Worklist Information Model – FIND."""
+    started = time.monotonic()
+    calling, called = _calling_called(event)
+    outcome: dict[str, Any] = {"status": "0000", "matches": 0}
+    try:
+        yield from _find(event, store, settings, cache, calling, called, outcome)
+    except StoreUnavailable as exc:
+        outcome["status"] = "A700"
+        log.warning("cfind.store_unavailable", extra=fields(error=str(exc)))
+        yield failure(CFindStatus.OUT_OF_RESOURCES, "Worklist store unavailable"), None
+    except StoreDataCorrupt as exc:
+        outcome["status"] = "C102"
+        log.error("cfind.store_corrupt", extra=fields(error=str(exc)))
+        yield (
+            failure(CFindStatus.UNABLE_STORE_DATA_CORRUPT, "Stored worklist item unreadable"),
+            None,
+        )
+    except Exception:
+        outcome["status"] = "C1FF"
+        log.exception("cfind.internal_error")
+        yield failure(CFindStatus.UNABLE_INTERNAL, "Internal error in the worklist SCP"), None
+    finally:
+        log.info(
+            "cfind.done",
+            extra=fields(
+                calling_ae=calling,
+                called_ae=called,
+                ms=round((time.monotonic() - started) * 1000, 1),
+                **outcome,
+            ),
+        )
+
+
+def _find(
+    event: Any,
+    store: WorklistStore,
+    settings: ScpSettings,
+    cache: ResponseCache | None,
+    calling: str,
+    called: str,
+    outcome: dict[str, Any],
+) -> Iterator[FindResult]:
+    if event.is_cancelled:
+        outcome["status"] = "FE00"
+        yield CFindStatus.CANCEL, None
+        return
+    if str(event.context.abstract_syntax) != MWL_FIND:
+        outcome["status"] = "0122"
+        yield CFindStatus.SOP_CLASS_NOT_SUPPORTED, None
+        return
+    try:
+        # event.identifier decodes lazily: a malformed Identifier raises here or while
+        # parse_identifier walks it, and must become our A900, not pynetdicom's C311.
+        query = parse_identifier(event.identifier, settings, calling, called)
+    except QueryError as exc:
+        outcome["status"] = f"{int(exc.status):04X}"
+        log.info("cfind.rejected", extra=fields(reason=exc.comment))
+        yield failure(exc.status, exc.comment, exc.offending), None
+        return
+    except Exception as exc:
+        outcome["status"] = "A900"
+        log.warning("cfind.undecodable", extra=fields(error=type(exc).__name__))
+        yield (
+            failure(
+                CFindStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "Identifier cannot be decoded"
+            ),
+            None,
+        )
+        return
+    if query.unsupported:
+        log.info("cfind.unsupported_keys", extra=fields(keys=",".join(query.unsupported)))
+
+    options = MatchOptions(settings.pn_case_insensitive, settings.pn_accent_insensitive)
+    ids = store.candidate_ids(query.candidate)
+    outcome["candidates"] = len(ids)
+    limit = settings.max_results
+    source: Iterable[tuple[bytes, WorklistItem]]
+    if limit and len(ids) > limit:
+        # More candidates than the limit: count real matches before sending anything,
+        # so an over-broad query is refused (A700) rather than truncated.
+        matched: list[tuple[bytes, WorklistItem]] = []
+        for n, (raw, item) in enumerate(_items(store, ids)):
+            if n % _CANCEL_CHECK_EVERY == 0 and event.is_cancelled:
+                outcome["status"] = "FE00"
+                yield CFindStatus.CANCEL, None
+                return
+            if _visible(item, query, options):
+                matched.append((raw, item))
+                if len(matched) > limit:
+                    outcome["status"] = "A700"
+                    yield (
+                        failure(
+                            CFindStatus.OUT_OF_RESOURCES,
+                            f"More than {limit} matches: refine the query",
+                        ),
+                        None,
+                    )
+                    return
+        source = matched
+    else:
+        source = ((r, it) for r, it in _items(store, ids) if _visible(it, query, options))
+
+    pending = CFindStatus.PENDING_WARNING if query.unsupported else CFindStatus.PENDING
+    policy = settings.response_charset_by_ae.get(calling, settings.response_charset)
+    implicit = bool(event.context.transfer_syntax.is_implicit_VR)
+    sent = 0
+    skipped = 0
+    for raw, item in source:
+        try:
+            identifier = encoded_response(raw, item.attrs, query, policy, implicit, cache)
+        except ResponseError as exc:
+            # One unencodable item must not take the whole worklist down: skip it and
+            # say so (no patient data in the log, only the item id).
+            skipped += 1
+            log.error("cfind.item_skipped", extra=fields(item_id=item.item_id, reason=str(exc)))
+            continue
+        if sent % _DRAIN_EVERY == 0:
+            _wait_for_send_queue(event)
+        if event.is_cancelled:
+            outcome.update(status="FE00", matches=sent)
+            yield CFindStatus.CANCEL, None
+            return
+        sent += 1
+        yield pending, identifier
+    outcome.update(matches=sent, skipped=skipped)
+    if event.is_cancelled:
+        outcome["status"] = "FE00"
+        yield CFindStatus.CANCEL, None
+
+
+def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
+    """Let pynetdicom's DUL drain the responses already queued before yielding more.
+
+    The DUL reactor always sends a queued PDU before it reads the socket, so if the
+    handler queues matches faster than they go out, an incoming C-CANCEL-FIND-RQ is
+    only read after every queued response was sent and ``is_cancelled`` never sees it
+    in time. Waiting for an empty send queue gives the reactor a read turn between
+    responses; it costs little, the reactor paces sending anyway. Without the
+    attribute (another pynetdicom version) this is a no-op.
+    """
+    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
+    if queue is None:
+        return
+    deadline = time.monotonic() + limit_s
+    while queue.qsize() > 0 and event.assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0005)
+
+
+def handle_conn_open(event: Any) -> None:
+    """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket.
+
+    pynetdicom writes a C-FIND-RSP as two small PDUs (command, then identifier); with
+    Nagle on, the second waits for the peer's delayed ACK (~40 ms on Linux) — a stall
+    on every query with matches. Best effort: the socket attribute is pynetdicom's.
+    """
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # pragma: no cover - other pynetdicom versions
+        log.debug("scp.nodelay_unavailable")
+
+
+def handle_echo(event: Any) -> int:
+    """EVT_C_ECHO handler (Verification SOP Class): always Success."""
+    return 0x0000

@@ -1,0 +1,166 @@
+"""The Modality Worklist SCP: Application Entity set-up, start/stop, the ``scp`` verb.
+
+Accepts Modality Worklist Information Model – FIND (1.2.840.10008.5.1.4.31) and
+Verification (1.2.840.10008.1.1) with Implicit and Explicit VR Little Endian. Handlers
+live in :mod:`bridge.handlers`; each association runs in its own pynetdicom thread with
+the shared (thread-safe, pooled) Redis client.
+
+Association policy: if ``scp.allowed_calling_aes`` is set, any other calling AE title
+is rejected by pynetdicom with A-ASSOCIATE-RJ result 1 (rejected-permanent), source 1
+(DICOM UL service-user), reason 3 (calling AE title not recognised). The called AE title
+is not checked (it selects the logical worklist when ``scp.per_called_ae_worklists``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom import _config as pnd_config
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bridge.connections import sync_client
+from bridge.errors import ConfigError
+from bridge.handlers import handle_conn_open, handle_echo, handle_find
+from bridge.keys import Keys
+from bridge.logs import fields
+from bridge.response import ResponseCache
+from bridge.settings import Settings
+from bridge.store import WorklistStore
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+#: FIND models we do not serve; with ``scp.answer_other_find_models_with_0122`` their
+#: contexts are accepted so a C-FIND on them gets an explicit 0122 instead of a context
+#: rejection (pynetdicom itself never answers 0122 for C-FIND).
+OTHER_FIND_MODELS = [
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+]
+
+
+def build_ae(settings: Settings) -> AE:
+    """The configured Application Entity (not yet listening)."""
+    scp = settings.scp
+    # pynetdicom would log whole identifiers (patient names, IDs) at INFO.
+    pnd_config.LOG_REQUEST_IDENTIFIERS = False
+    pnd_config.LOG_RESPONSE_IDENTIFIERS = False
+    ae = AE(ae_title=scp.ae_title)
+    ae.add_supported_context(ModalityWorklistInformationFind, TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+    if scp.answer_other_find_models_with_0122:
+        for model in OTHER_FIND_MODELS:
+            ae.add_supported_context(model, TRANSFER_SYNTAXES)
+    ae.maximum_associations = scp.max_associations
+    ae.acse_timeout = scp.acse_timeout_s
+    ae.dimse_timeout = scp.dimse_timeout_s
+    ae.network_timeout = scp.network_timeout_s
+    ae.require_called_aet = False
+    ae.require_calling_aet = list(scp.allowed_calling_aes)
+    return ae
+
+
+class MwlScp:
+    """In-process SCP: ``start()`` listens in background threads, ``stop()`` closes the
+    socket, aborts open associations and waits for them."""
+
+    def __init__(self, settings: Settings, store: WorklistStore | None = None) -> None:
+        self.settings = settings
+        self._client = None
+        if store is None:
+            if not settings.redis.url:
+                raise ConfigError("redis.url", "the scp needs the Redis URL of the worklist store")
+            self._client = sync_client(settings.redis)
+            store = WorklistStore(self._client, Keys(settings.redis.key_prefix))
+        self.store = store
+        self.ae = build_ae(settings)
+        self.cache = ResponseCache(settings.scp.response_cache_entries)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``scp.port = 0``)."""
+        assert self._server is not None, "not started"
+        return int(self._server.server_address[1])
+
+    def start(self) -> int:
+        scp = self.settings.scp
+        handlers: list[Any] = [
+            (evt.EVT_C_FIND, handle_find, [self.store, scp, self.cache]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_OPEN, handle_conn_open),
+        ]
+        self._server = self.ae.start_server(
+            (scp.host, scp.port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "scp.listening",
+            extra=fields(
+                host=scp.host,
+                port=self.port,
+                ae_title=scp.ae_title,
+                allowed_calling_aes=",".join(scp.allowed_calling_aes) or "*",
+            ),
+        )
+        return self.port
+
+    def stop(self, grace_s: float | None = None) -> None:
+        if self._server is not None:
+            # Stop accepting, let running associations finish for a moment, then abort
+            # whatever is left (a modality polling again simply reconnects later).
+            self._server.shutdown()
+            self._server = None
+            grace = self.settings.scp.shutdown_grace_s if grace_s is None else grace_s
+            deadline = time.monotonic() + grace
+            while self.ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self.ae.active_associations:
+                assoc.abort()
+            for assoc in self.ae.active_associations:
+                assoc.join(timeout=2.0)
+            log.info("scp.stopped")
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> MwlScp:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def command(settings: Settings, args: argparse.Namespace) -> int:
+    """``mwl-bridge scp``: serve until SIGINT/SIGTERM, then shut down cleanly."""
+    scp = MwlScp(settings)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("scp.signal", extra=fields(signal=signal.Signals(signum).name))
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        scp.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        scp.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

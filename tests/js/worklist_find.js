@@ -1,0 +1,34 @@
+// A second, independent MWL SCU for the interoperability test: dcmjs-dimse's
+// createWorklistFindRequest (what many Node.js integrations use), printed as JSON.
+// usage: node worklist_find.js HOST PORT CALLING_AE CALLED_AE [QUERY_JSON]
+'use strict';
+const { Client, log, requests } = require('dcmjs-dimse');
+
+log.setLevel('silent');
+
+const [host, port, calling, called, queryJson] = process.argv.slice(2);
+const query = queryJson ? JSON.parse(queryJson) : {};
+const results = [];
+let rejected = null;
+
+const client = new Client();
+const request = requests.CFindRequest.createWorklistFindRequest(query);
+request.on('response', (response) => {
+  const entry = { status: response.getStatus() };
+  if (response.hasDataset()) {
+    entry.dataset = response.getDataset().getElements();
+  }
+  results.push(entry);
+});
+client.addRequest(request);
+client.on('associationRejected', (result) => {
+  rejected = result;
+});
+client.on('networkError', (error) => {
+  console.error(`network error: ${error.message}`);
+  process.exitCode = 2;
+});
+client.on('closed', () => {
+  console.log(JSON.stringify({ rejected, results }));
+});
+client.send(host, Number(port), calling, called);

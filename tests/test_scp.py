@@ -1,0 +1,516 @@
+"""The MWL SCP in-process on a real Redis, queried by a pynetdicom SCU: every status of
+the Basic Worklist Management service (PS3.4 Table K.4-1) and the worklist policies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from mwl_items import make_item
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom import AE
+from pynetdicom.sop_class import (
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+)
+from redis_server import RedisServer
+from scp_support import find, mwl_query, scu
+
+from bridge.keys import Keys
+from bridge.scp import MwlScp
+from bridge.settings import load_settings
+from bridge.store import WorklistStore
+
+StartScp = Callable[..., MwlScp]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
+    return WorklistStore(redis_client, keys)
+
+
+@pytest.fixture
+def start_scp(redis_url: str) -> Iterator[StartScp]:
+    started: list[MwlScp] = []
+
+    def start(url: str = redis_url, **scp: Any) -> MwlScp:
+        flags = {"redis.url": url, "scp.host": "127.0.0.1", "scp.port": 0}
+        flags.update({f"scp.{k}": v for k, v in scp.items()})
+        server = MwlScp(load_settings(flags, env={}))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace_s=0)
+
+
+def keywords(ds: Dataset) -> set[str]:
+    return {e.keyword for e in ds}
+
+
+# -- Pending / Success ------------------------------------------------------------------
+
+
+def test_ff00_per_match_then_success(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1), make_item(2), make_item(3, modality="MR", station="MR1")])
+    scp = start_scp()
+    result = find(scp.port, mwl_query(Modality="CT"))
+    assert result.statuses == [0xFF00, 0xFF00, 0x0000]
+    assert sorted(ds.PatientID for ds in result.identifiers) == ["PID1", "PID2"]
+
+
+def test_no_match_is_a_single_success(store: WorklistStore, start_scp: StartScp) -> None:
+    store.upsert(make_item(1))
+    result = find(start_scp().port, mwl_query(Modality="XA"))
+    assert result.statuses == [0x0000]
+
+
+def test_response_has_exactly_the_requested_keys(store: WorklistStore, start_scp: StartScp) -> None:
+    store.upsert(make_item(1, sps_extra={"ScheduledPerformingPhysicianName": ""}))
+    q = Dataset()
+    q.PatientName = "DOE^JANE"
+    q.PatientID = ""
+    q.AdmissionID = ""  # Type 2, unknown → present and empty
+    q.PatientWeight = ""  # not stored at all → present and empty
+    sps = Dataset()
+    sps.Modality = ""
+    sps.ScheduledPerformingPhysicianName = ""
+    sps.ScheduledProtocolCodeSequence = DicomSequence()  # empty SQ → expanded
+    q.ScheduledProcedureStepSequence = [sps]
+    result = find(start_scp().port, q)
+    assert result.statuses == [0xFF00, 0x0000]
+    ds = result.identifiers[0]
+    assert keywords(ds) == {
+        "PatientName",
+        "PatientID",
+        "AdmissionID",
+        "PatientWeight",
+        "ScheduledProcedureStepSequence",
+    }
+    assert ds.AdmissionID == "" and ds.PatientWeight is None
+    assert len(ds.ScheduledProcedureStepSequence) == 1
+    item = ds.ScheduledProcedureStepSequence[0]
+    assert keywords(item) == {
+        "Modality",
+        "ScheduledPerformingPhysicianName",
+        "ScheduledProtocolCodeSequence",
+    }
+    code = item.ScheduledProtocolCodeSequence[0]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "P1",
+        "LOCAL",
+        "Proto",
+    )
+
+
+def test_zero_length_sps_sequence_expands_to_supported_attributes(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.upsert(make_item(1))
+    q = Dataset()
+    q.PatientID = "PID1"
+    q.ScheduledProcedureStepSequence = DicomSequence()
+    result = find(start_scp().port, q)
+    [ds] = result.identifiers
+    assert len(ds.ScheduledProcedureStepSequence) == 1
+    sps = ds.ScheduledProcedureStepSequence[0]
+    for kw in (
+        "ScheduledStationAETitle",
+        "ScheduledProcedureStepStartDate",
+        "ScheduledProcedureStepStartTime",
+        "Modality",
+        "ScheduledPerformingPhysicianName",
+        "ScheduledProcedureStepID",
+        "ScheduledStationName",
+        "ScheduledProcedureStepLocation",
+        "PreMedication",
+        "RequestedContrastAgent",
+        "ScheduledProcedureStepStatus",
+    ):
+        assert kw in sps, kw
+    assert sps.ScheduledProcedureStepID == "SPS1"
+
+
+def test_ff01_for_keys_outside_the_model(store: WorklistStore, start_scp: StartScp) -> None:
+    """dcmjs-dimse style: empty Query/Retrieve Level and Study keys → FF01, not refused."""
+    store.upsert(make_item(1))
+    q = mwl_query()
+    q.QueryRetrieveLevel = ""
+    q.StudyDescription = ""
+    q.StudyID = ""
+    q.PatientWeight = "70"  # optional key we do not match on
+    result = find(start_scp().port, q)
+    assert result.statuses == [0xFF01, 0x0000]
+    assert result.identifiers[0].PatientID == "PID1"
+
+
+def test_combined_date_time_range(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply(
+        [
+            make_item(1, date="20260705", time="095900"),
+            make_item(2, date="20260705", time="100000"),
+            make_item(3, date="20260706", time="030000"),
+            make_item(4, date="20260707", time="180000"),
+            make_item(5, date="20260707", time="181500"),
+        ]
+    )
+    q = mwl_query(
+        ScheduledProcedureStepStartDate="20260705-20260707",
+        ScheduledProcedureStepStartTime="1000-1800",
+    )
+    result = find(start_scp().port, q)
+    assert sorted(ds.PatientID for ds in result.identifiers) == ["PID2", "PID3", "PID4"]
+
+
+def test_matching_keys_beyond_the_required_ones(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1), make_item(2, extra={"AdmissionID": "ADM2"}), make_item(3)])
+    port = start_scp().port
+    cases: list[tuple[str, Any, str]] = [
+        ("AccessionNumber", "ACC2", "PID2"),
+        ("RequestedProcedureID", "RP3", "PID3"),
+        ("StudyInstanceUID", "1.2.826.0.1.3680043.10.1.1", "PID1"),
+        ("AdmissionID", "ADM2", "PID2"),
+        ("PatientID", "PID3", "PID3"),
+    ]
+    for keyword, value, expected in cases:
+        q = mwl_query()
+        setattr(q, keyword, value)
+        result = find(port, q)
+        assert [ds.PatientID for ds in result.identifiers] == [expected], keyword
+    q = mwl_query(ScheduledProcedureStepID="SPS2")
+    assert [ds.PatientID for ds in find(port, q).identifiers] == ["PID2"]
+    q = mwl_query()
+    q.StudyInstanceUID = ["1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.3"]
+    assert sorted(ds.PatientID for ds in find(port, q).identifiers) == ["PID1", "PID3"]
+
+
+def test_explicit_vr_little_endian_is_accepted(store: WorklistStore, start_scp: StartScp) -> None:
+    store.upsert(make_item(1))
+    result = find(start_scp().port, mwl_query(Modality="CT"), explicit_only=True)
+    assert result.statuses == [0xFF00, 0x0000]
+
+
+# -- Cancel -----------------------------------------------------------------------------
+
+
+def test_c_cancel_in_the_middle_of_a_500_match_stream(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.apply([make_item(n, time=f"{7 + n % 10:02d}{n % 60:02d}00") for n in range(500)])
+    scp = start_scp()
+    assoc = scu().associate("127.0.0.1", scp.port, ae_title="MWL_BRIDGE")
+    assert assoc.is_established
+    statuses: list[int] = []
+    try:
+        responses = assoc.send_c_find(
+            mwl_query(Modality="CT"), ModalityWorklistInformationFind, msg_id=42
+        )
+        for status, _identifier in responses:
+            statuses.append(int(status.Status))
+            if len(statuses) == 10:
+                assoc.send_c_cancel(42, query_model=ModalityWorklistInformationFind)
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xFE00
+    assert 10 <= statuses.count(0xFF00) < 500
+    assert 0x0000 not in statuses
+
+
+# -- Refused / Failure ------------------------------------------------------------------
+
+
+def test_a700_when_matches_exceed_max_results(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(n) for n in range(10)])
+    scp = start_scp(max_results=5)
+    result = find(scp.port, mwl_query(Modality="CT"))
+    assert result.statuses == [0xA700]
+    assert "5" in result.final.ErrorComment
+    # More candidates than the limit, but few real matches: answered, not refused.
+    q = mwl_query(Modality="CT")
+    q.PatientID = "PID*"
+    q.PatientName = "DOE^JANE"
+    store.apply([make_item(n, name="ROE^RICHARD") for n in range(3, 10)])
+    result = find(scp.port, q)
+    assert result.statuses == [0xFF00] * 3 + [0x0000]
+
+
+def test_a700_when_the_store_is_unreachable(start_scp: StartScp) -> None:
+    private = RedisServer()
+    private.start()
+    try:
+        scp = start_scp(url=private.url)
+        private.stop()
+        result = find(scp.port, mwl_query(Modality="CT"))
+        assert result.statuses == [0xA700]
+        assert "unavailable" in result.final.ErrorComment
+    finally:
+        private.cleanup()
+
+
+def test_a900_for_two_sps_items(start_scp: StartScp) -> None:
+    q = mwl_query()
+    q.ScheduledProcedureStepSequence.append(Dataset())
+    result = find(start_scp().port, q)
+    assert result.statuses == [0xA900]
+    assert result.final.OffendingElement == 0x00400100
+    assert result.final.ErrorComment
+
+
+def test_a900_for_multi_valued_single_value_key(start_scp: StartScp) -> None:
+    result = find(start_scp().port, mwl_query(Modality=["CT", "MR"]))
+    assert result.statuses == [0xA900]
+    assert list(result.final.OffendingElement) == [0x00400100, 0x00080060]
+
+
+def test_a900_for_wrong_vr(start_scp: StartScp) -> None:
+    q = mwl_query()
+    del q.PatientID
+    q.add(DataElement(0x00100020, "DA", "20260101"))  # Patient ID is LO
+    result = find(start_scp().port, q, explicit_only=True)
+    assert result.statuses == [0xA900]
+    assert result.final.OffendingElement == 0x00100020
+
+
+def test_a900_for_undecodable_value(start_scp: StartScp) -> None:
+    q = mwl_query()
+    q.SpecificCharacterSet = "ISO_IR 192"
+    q.PatientName = b"\xff\xfe\xfd"  # not UTF-8
+    result = find(start_scp().port, q)
+    assert result.statuses == [0xA900]
+    assert result.final.OffendingElement == 0x00100010
+
+
+def test_a900_for_invalid_date(start_scp: StartScp) -> None:
+    result = find(start_scp().port, mwl_query(ScheduledProcedureStepStartDate="20261399"))
+    assert result.statuses == [0xA900]
+
+
+def test_c101_for_bad_range_syntax(start_scp: StartScp) -> None:
+    result = find(start_scp().port, mwl_query(ScheduledProcedureStepStartDate="20260705-06-07"))
+    assert result.statuses == [0xC101]
+    assert list(result.final.OffendingElement) == [0x00400100, 0x00400002]
+
+
+def test_c102_for_a_corrupt_stored_item(
+    store: WorklistStore, start_scp: StartScp, redis_client: redis.Redis, keys: Keys
+) -> None:
+    store.upsert(make_item(1))
+    redis_client.set(keys.item("it1"), b"{not json")
+    result = find(start_scp().port, mwl_query(Modality="CT"))
+    assert result.statuses == [0xC102]
+
+
+def test_item_that_cannot_be_encoded_is_skipped_not_c312(
+    store: WorklistStore, start_scp: StartScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.apply([make_item(1, extra={"PatientWeight": "heavy"}), make_item(2)])
+    q = mwl_query(Modality="CT")
+    q.PatientWeight = ""
+    with caplog.at_level(logging.ERROR, logger="bridge.handlers"):
+        result = find(start_scp().port, q)
+    assert result.statuses == [0xFF00, 0x0000]
+    assert result.identifiers[0].PatientID == "PID2"
+    assert any(r.getMessage() == "cfind.item_skipped" for r in caplog.records)
+
+
+def test_0122_for_a_find_sop_class_we_do_not_serve(start_scp: StartScp) -> None:
+    ae = AE(ae_title="PACSQUERY")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", start_scp().port)
+    assert assoc.is_established
+    q = Dataset()
+    q.QueryRetrieveLevel = "PATIENT"
+    q.PatientID = ""
+    try:
+        statuses = [
+            int(s.Status)
+            for s, _ in assoc.send_c_find(q, PatientRootQueryRetrieveInformationModelFind)
+        ]
+    finally:
+        assoc.release()
+    assert statuses == [0x0122]
+
+
+def test_unserved_find_context_rejected_when_0122_answering_is_off(
+    start_scp: StartScp,
+) -> None:
+    ae = AE(ae_title="PACSQUERY")
+    ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", start_scp(answer_other_find_models_with_0122=False).port)
+    assert assoc.is_established
+    try:
+        accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+        rejected = {str(c.abstract_syntax) for c in assoc.rejected_contexts}
+    finally:
+        assoc.release()
+    assert accepted == {ModalityWorklistInformationFind}
+    assert rejected == {PatientRootQueryRetrieveInformationModelFind}
+
+
+# -- worklist hygiene -------------------------------------------------------------------
+
+
+def test_final_statuses_hidden_unless_matched_explicitly(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.apply(
+        [
+            make_item(1),
+            make_item(2, status="COMPLETED"),
+            make_item(3, status="CANCELED"),
+            make_item(4, hidden=True),
+        ]
+    )
+    port = start_scp().port
+    assert [d.PatientID for d in find(port, mwl_query()).identifiers] == ["PID1"]
+    # An empty SPS Status return key does not lift the filter (dcm4chee #3935).
+    q = mwl_query(ScheduledProcedureStepStatus="")
+    assert [d.PatientID for d in find(port, q).identifiers] == ["PID1"]
+    # Matching on it explicitly does (dcm4chee #3842); held items stay hidden.
+    q = mwl_query(ScheduledProcedureStepStatus="COMPLETED")
+    result = find(port, q)
+    assert [d.PatientID for d in result.identifiers] == ["PID2"]
+    assert result.identifiers[0].ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus == (
+        "COMPLETED"
+    )
+
+
+def test_calling_ae_as_scheduled_station(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1, station="CT1"), make_item(2, station=["MR1", "MR2"], modality="MR")])
+    port = start_scp(calling_ae_as_station=True).port
+    assert [d.PatientID for d in find(port, mwl_query(), calling="MR2").identifiers] == ["PID2"]
+    assert find(port, mwl_query(), calling="NOBODY").statuses == [0x0000]
+    # An explicit station key wins over the calling AE.
+    q = mwl_query(ScheduledStationAETitle="CT1")
+    assert [d.PatientID for d in find(port, q, calling="MR2").identifiers] == ["PID1"]
+
+
+def test_per_called_ae_worklists(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1, worklist="WL_A"), make_item(2, worklist="WL_B"), make_item(3)])
+    port = start_scp(per_called_ae_worklists=True).port
+    assert [d.PatientID for d in find(port, mwl_query(), called="WL_A").identifiers] == ["PID1"]
+    assert [d.PatientID for d in find(port, mwl_query(), called="WL_B").identifiers] == ["PID2"]
+    assert find(port, mwl_query(), called="OTHER").statuses == [0x0000]
+
+
+# -- character sets ---------------------------------------------------------------------
+
+
+def test_charset_follows_the_query_else_utf8(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1, name="MÜLLER^JÜRGEN"), make_item(2, name="ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ")])
+    port = start_scp().port
+    q = mwl_query()
+    q.SpecificCharacterSet = "ISO_IR 100"
+    q.PatientName = "MÜLLER*"
+    [ds] = find(port, q).identifiers
+    assert ds.SpecificCharacterSet == "ISO_IR 100"
+    assert str(ds.PatientName) == "MÜLLER^JÜRGEN"
+    q.PatientName = "ΔΗΜ*"  # query in Latin-1 cannot carry Greek: match all and check
+    q.PatientName = ""
+    by_pid = {d.PatientID: d for d in find(port, q).identifiers}
+    assert by_pid["PID2"].SpecificCharacterSet == "ISO_IR 192"
+    assert str(by_pid["PID2"].PatientName) == "ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ"
+    assert by_pid["PID1"].SpecificCharacterSet == "ISO_IR 100"
+    # ASCII-only responses carry no (0008,0005) unless the query had it.
+    store.upsert(make_item(3, name="SMITH^JOHN"))
+    [ds] = find(port, mwl_query(ScheduledProcedureStepID="SPS3")).identifiers
+    assert "SpecificCharacterSet" not in ds
+
+
+def test_forced_latin1_is_lossless_or_skips(store: WorklistStore, start_scp: StartScp) -> None:
+    store.apply([make_item(1, name="MÜLLER^JÜRGEN"), make_item(2, name="ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ")])
+    port = start_scp(response_charset_by_ae={"OLDCT": "ISO_IR 100"}).port
+    result = find(port, mwl_query(), calling="OLDCT")
+    assert result.statuses == [0xFF00, 0x0000]
+    [ds] = result.identifiers
+    assert ds.SpecificCharacterSet == "ISO_IR 100"
+    assert str(ds.PatientName) == "MÜLLER^JÜRGEN"
+    # Other AEs still get both (UTF-8 for the Greek name).
+    assert len(find(port, mwl_query(), calling="NEWCT").identifiers) == 2
+
+
+def test_pn_matching_is_case_insensitive_by_default(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.upsert(make_item(1, name="MÜLLER^JÜRGEN"))
+    q = mwl_query()
+    q.SpecificCharacterSet = "ISO_IR 192"
+    q.PatientName = "müller^jürgen"
+    assert len(find(start_scp().port, q).identifiers) == 1
+    q.PatientName = "muller*"
+    assert find(start_scp(pn_accent_insensitive=True).port, q).statuses == [0xFF00, 0x0000]
+
+
+# -- association policy -----------------------------------------------------------------
+
+
+def test_calling_ae_allow_list_rejects_with_the_right_reason(start_scp: StartScp) -> None:
+    port = start_scp(allowed_calling_aes=("GOODCT",)).port
+    assoc = scu("BADCT").associate("127.0.0.1", port)
+    assert assoc.is_rejected
+    rj = assoc.acceptor.primitive
+    # rejected-permanent (1), DICOM UL service-user (1), calling AE not recognised (3)
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
+    ok = scu("GOODCT").associate("127.0.0.1", port)
+    assert ok.is_established
+    ok.release()
+
+
+def test_c_echo(start_scp: StartScp) -> None:
+    assoc = scu().associate("127.0.0.1", start_scp().port)
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    assert int(status.Status) == 0x0000
+
+
+def test_max_associations(start_scp: StartScp) -> None:
+    port = start_scp(max_associations=1).port
+    first = scu().associate("127.0.0.1", port)
+    assert first.is_established
+    second = scu().associate("127.0.0.1", port)
+    assert second.is_rejected
+    second_rj = second.acceptor.primitive
+    # rejected-transient, DICOM UL service-provider (presentation), local limit exceeded
+    assert (second_rj.result, second_rj.result_source, second_rj.diagnostic) == (0x02, 0x03, 0x02)
+    first.release()
+
+
+def test_stop_is_clean_with_an_open_association(start_scp: StartScp) -> None:
+    scp = start_scp()
+    assoc = scu().associate("127.0.0.1", scp.port)
+    assert assoc.is_established
+    started = time.monotonic()
+    scp.stop(grace_s=0.2)
+    assert time.monotonic() - started < 5
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert assoc.is_aborted or not assoc.is_established
+
+
+def test_nagle_is_off_on_association_sockets(start_scp: StartScp) -> None:
+    """Two small PDUs per C-FIND-RSP must not wait for the peer's delayed ACK."""
+    import socket
+
+    scp = start_scp()
+    assoc = scu().associate("127.0.0.1", scp.port)
+    assert assoc.is_established
+    try:
+        deadline = time.monotonic() + 5
+        while not scp.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.01)
+        [server_side] = scp.ae.active_associations
+        sock = server_side.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()

@@ -1,0 +1,119 @@
+"""Interoperability with a second, independent SCU in another language: the npm package
+dcmjs-dimse (``createWorklistFindRequest``), run by node from ``tests/js``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from mwl_items import make_item
+
+from bridge.keys import Keys
+from bridge.scp import MwlScp
+from bridge.settings import load_settings
+from bridge.store import WorklistStore
+
+JS_DIR = Path(__file__).parent / "js"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+StartScp = Callable[..., MwlScp]
+
+
+@pytest.fixture(scope="module")
+def js_scu() -> Path:
+    """tests/js with its node_modules (``npm ci`` from the lock file if missing)."""
+    if not (JS_DIR / "node_modules" / "dcmjs-dimse").is_dir():
+        npm = shutil.which("npm")
+        assert npm, "node is installed but npm is not"
+        subprocess.run(
+            [npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300
+        )
+    return JS_DIR / "worklist_find.js"
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
+    return WorklistStore(redis_client, keys)
+
+
+@pytest.fixture
+def start_scp(redis_url: str) -> Iterator[StartScp]:
+    started: list[MwlScp] = []
+
+    def start(**scp: Any) -> MwlScp:
+        flags = {"redis.url": redis_url, "scp.host": "127.0.0.1", "scp.port": 0}
+        flags.update({f"scp.{k}": v for k, v in scp.items()})
+        server = MwlScp(load_settings(flags, env={}))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace_s=0)
+
+
+def js_find(script: Path, port: int, query: dict[str, Any], calling: str = "JSSCU") -> Any:
+    assert NODE
+    proc = subprocess.run(
+        [NODE, str(script), "127.0.0.1", str(port), calling, "MWL_BRIDGE", json.dumps(query)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def test_dcmjs_worklist_query_gets_ff01_and_complete_items(
+    js_scu: Path, store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.apply([make_item(1, name="MÜLLER^JÜRGEN"), make_item(2, modality="MR", station="MR1")])
+    out = js_find(
+        js_scu, start_scp().port, {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "müller*"}
+    )
+    # Its default query carries an empty Query/Retrieve Level, Study Description, ...:
+    # answered as unsupported optional keys (FF01), never refused.
+    assert [r["status"] for r in out["results"]] == [0xFF01, 0x0000]
+    ds = out["results"][0]["dataset"]
+    assert ds["SpecificCharacterSet"] == "ISO_IR 192"
+    assert ds["PatientName"] == [{"Alphabetic": "MÜLLER^JÜRGEN"}]
+    assert ds["PatientID"] == "PID1"
+    assert ds["AdmissionID"] == ""
+    [sps] = ds["ScheduledProcedureStepSequence"]
+    assert sps["ScheduledProcedureStepID"] == "SPS1"
+    assert sps["ScheduledProtocolCodeSequence"][0]["CodeValue"] == "P1"
+
+
+def test_dcmjs_modality_and_date_range(
+    js_scu: Path, store: WorklistStore, start_scp: StartScp
+) -> None:
+    store.apply(
+        [
+            make_item(1, date="20260705", time="090000"),
+            make_item(2, date="20260706", time="090000"),
+            make_item(3, date="20260706", time="090000", modality="MR", station="MR1"),
+        ]
+    )
+    sps = {
+        "ScheduledStationAETitle": "",
+        "ScheduledProcedureStepStartDate": "20260706-20260707",
+        "ScheduledProcedureStepStartTime": "",
+        "Modality": "CT",
+        "ScheduledProcedureStepID": "",
+    }
+    out = js_find(js_scu, start_scp().port, {"ScheduledProcedureStepSequence": [sps]})
+    pending = [r["dataset"] for r in out["results"] if r["status"] in (0xFF00, 0xFF01)]
+    assert [d["PatientID"] for d in pending] == ["PID2"]
+
+
+def test_dcmjs_rejected_calling_ae(js_scu: Path, start_scp: StartScp) -> None:
+    out = js_find(js_scu, start_scp(allowed_calling_aes=("OTHER",)).port, {}, calling="JSSCU")
+    assert out["rejected"] is not None
+    assert out["results"] == []
