@@ -25,6 +25,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from bridge import metrics
 from bridge.codes import CFindStatus
 from bridge.errors import StoreUnavailable
 from bridge.logs import fields
@@ -126,12 +127,15 @@ def handle_find(
         log.exception("cfind.internal_error")
         yield failure(CFindStatus.UNABLE_INTERNAL, "Internal error in the worklist SCP"), None
     finally:
+        elapsed_s = time.monotonic() - started
+        metrics.CFIND_REQUESTS.labels(status=status_label(outcome["status"])).inc()
+        metrics.CFIND_DURATION.observe(elapsed_s)
         log.info(
             "cfind.done",
             extra=fields(
                 calling_ae=calling,
                 called_ae=called,
-                ms=round((time.monotonic() - started) * 1000, 1),
+                ms=round(elapsed_s * 1000, 1),
                 **outcome,
             ),
         )
@@ -252,6 +256,27 @@ def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
         time.sleep(0.0005)
 
 
+#: Final C-FIND status (hex) → the mwl_cfind_requests label (PS3.4 Table K.4-1 classes).
+_STATUS_LABELS = {
+    "0000": "success",
+    "FE00": "cancel",
+    "A700": "out_of_resources",
+    "A900": "identifier_mismatch",
+    "0122": "sop_class_not_supported",
+}
+
+
+def status_label(status_hex: str) -> str:
+    if status_hex in _STATUS_LABELS:
+        return _STATUS_LABELS[status_hex]
+    return "unable_to_process" if status_hex.startswith("C") else status_hex.lower()
+
+
+def handle_conn_close(event: Any) -> None:
+    """EVT_CONN_CLOSE: one association fewer on the gauge."""
+    metrics.ASSOCIATIONS_OPEN.dec()
+
+
 def handle_conn_open(event: Any) -> None:
     """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket.
 
@@ -259,6 +284,7 @@ def handle_conn_open(event: Any) -> None:
     Nagle on, the second waits for the peer's delayed ACK (~40 ms on Linux) — a stall
     on every query with matches. Best effort: the socket attribute is pynetdicom's.
     """
+    metrics.ASSOCIATIONS_OPEN.inc()
     try:
         sock = event.assoc.dul.socket.socket
         if sock is not None:

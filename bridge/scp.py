@@ -32,12 +32,14 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from bridge import metrics
 from bridge.connections import sync_client
 from bridge.errors import ConfigError
-from bridge.handlers import handle_conn_open, handle_echo, handle_find
+from bridge.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_find
 from bridge.keys import Keys
 from bridge.logs import fields
 from bridge.response import ResponseCache
+from bridge.role_runtime import RoleRuntime
 from bridge.settings import Settings
 from bridge.store import WorklistStore
 
@@ -91,6 +93,9 @@ class MwlScp:
         self.cache = ResponseCache(settings.scp.response_cache_entries)
         self._server: ThreadedAssociationServer | None = None
 
+    def is_serving(self) -> bool:
+        return self._server is not None
+
     @property
     def port(self) -> int:
         """The bound port (useful with ``scp.port = 0``)."""
@@ -103,10 +108,16 @@ class MwlScp:
             (evt.EVT_C_FIND, handle_find, [self.store, scp, self.cache]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_CONN_OPEN, handle_conn_open),
+            (evt.EVT_CONN_CLOSE, handle_conn_close),
         ]
-        self._server = self.ae.start_server(
-            (scp.host, scp.port), block=False, evt_handlers=handlers
-        )
+        try:
+            self._server = self.ae.start_server(
+                (scp.host, scp.port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            # Exit code 2 rather than a crash: `mwl-bridge run` must not restart a role
+            # forever when its port is taken.
+            raise ConfigError("scp.port", f"cannot listen on {scp.host}:{scp.port}: {exc}") from exc
         log.info(
             "scp.listening",
             extra=fields(
@@ -155,12 +166,16 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    runtime = RoleRuntime.start(settings, "scp")  # heartbeat, /metrics, /readyz
     try:
         scp.start()
+        metrics.register_readiness("scp", scp.is_serving)
         while not stop.wait(1.0):
             pass
     finally:
+        metrics.unregister_readiness("scp")
         scp.stop()
+        runtime.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0

@@ -312,6 +312,17 @@ def _validate(key: str, value: Any) -> None:
             raise ConfigError(
                 key, f"{mask_url(value)!r} is not a redis://, rediss:// or unix:// URL"
             )
+    if key in ("scp.response_charset", "scp.response_charset_by_ae"):
+        from pydicom.charset import python_encoding
+
+        terms = value.values() if isinstance(value, dict) else [value]
+        for term in terms:
+            if term != "query" and term not in python_encoding:
+                raise ConfigError(
+                    key,
+                    f"{term!r} is not 'query' or a DICOM Specific Character Set defined term "
+                    "(e.g. ISO_IR 100, ISO_IR 192)",
+                )
     if key == "worker.local_timezone":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 

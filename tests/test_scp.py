@@ -514,3 +514,31 @@ def test_nagle_is_off_on_association_sockets(start_scp: StartScp) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
         assoc.release()
+
+
+# -- metrics ----------------------------------------------------------------------------
+
+
+def test_cfind_metrics_count_final_statuses(store: WorklistStore, start_scp: StartScp) -> None:
+    from bridge import metrics
+
+    def count(status: str) -> float:
+        value = metrics.REGISTRY.get_sample_value("mwl_cfind_requests_total", {"status": status})
+        return value or 0.0
+
+    before = (count("success"), count("identifier_mismatch"))
+    durations = metrics.REGISTRY.get_sample_value("mwl_cfind_duration_seconds_count") or 0.0
+    store.upsert(make_item(1))
+    scp = start_scp()
+    assert find(scp.port, mwl_query(Modality="CT")).statuses == [0xFF00, 0x0000]
+    q = mwl_query()
+    q.ScheduledProcedureStepSequence.append(Dataset())
+    assert find(scp.port, q).statuses == [0xA900]
+    assert (count("success"), count("identifier_mismatch")) == (before[0] + 1, before[1] + 1)
+    after = metrics.REGISTRY.get_sample_value("mwl_cfind_duration_seconds_count")
+    assert after == durations + 2
+    # Both associations were released: the open-associations gauge is back where it was.
+    deadline = time.monotonic() + 5
+    while metrics.REGISTRY.get_sample_value("mwl_associations_open") != 0:
+        assert time.monotonic() < deadline, "association gauge never returned to 0"
+        time.sleep(0.02)

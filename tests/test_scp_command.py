@@ -61,3 +61,17 @@ def test_scp_verb_without_redis_url_is_a_config_error(capsys) -> None:
         if env_backup is not None:
             os.environ["MWL_BRIDGE_REDIS_URL"] = env_backup
     assert "redis.url" in capsys.readouterr().err
+
+
+def test_scp_verb_exits_2_when_its_port_is_taken(redis_url: str, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code = main(
+            ["scp", "--redis-url", redis_url, "--dicom-host", "127.0.0.1",
+             "--dicom-port", str(port)]
+        )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "invalid setting scp.port: cannot listen on" in err

@@ -58,6 +58,8 @@ def test_lists_and_tables_from_env_and_toml(tmp_path: Path) -> None:
         ({"redis.url": "http://x"}, {}, "redis.url"),
         ({}, {"MWL_BRIDGE_WORKER_LOCAL_TIMEZONE": "Mars/Base"}, "worker.local_timezone"),
         ({}, {"MWL_BRIDGE_MLLP_ACCEPT_MISSING_FINAL_CR": "maybe"}, "mllp.accept_missing_final_cr"),
+        ({"scp.response_charset": "LATIN1"}, {}, "scp.response_charset"),
+        ({"scp.response_charset_by_ae": "CT1=UTF8"}, {}, "scp.response_charset_by_ae"),
     ],
 )
 def test_invalid_values_name_the_key(flags, env, key) -> None:
