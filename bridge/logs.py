@@ -60,11 +60,25 @@ def _quote(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False) if (" " in text or not text) else text
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, not at set-up time, so a
+    process that swaps stderr (a test harness, a daemon redirect) never hits a closed
+    stream from a background thread."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure(level: str = "INFO", fmt: str = "text", log_phi: bool = False) -> None:
     """Install the one handler on the root logger. PHI is only ever shown at DEBUG."""
     global _PHI_ENABLED
     _PHI_ENABLED = log_phi and level == "DEBUG"
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter(as_json=fmt == "json"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
