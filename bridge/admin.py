@@ -325,21 +325,9 @@ def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
             f"HL7 error {int(refusal.error)})",
             EXIT_REFUSED,
         )
-    record = IntakeRecord(
-        raw=letter.raw,
-        received_at=time.time(),
-        peer=f"replay:{letter.dead_id}",
-        sending_app=h.sending_app,
-        sending_facility=h.sending_facility,
-        receiving_app=h.receiving_app,
-        receiving_facility=h.receiving_facility,
-        control_id=h.control_id,
-        message_type=h.message_type,
-        version=h.version,
-        charset=h.charset,
-        processing_id=h.processing_id_raw,
-        # Nobody waits on a replay's application ACK.
-        ack_mode="commit",
+    # Nobody waits on a replay's application ACK: commit mode.
+    record = IntakeRecord.from_msh(
+        letter.raw, h, received_at=time.time(), peer=f"replay:{letter.dead_id}", ack_mode="commit"
     )
     try:
         result = submit(

@@ -30,6 +30,7 @@ from rq import Queue, Retry
 
 from bridge.errors import StoreUnavailable
 from bridge.keys import Keys
+from bridge.msh import Msh
 
 JOB_FUNC = "bridge.jobs.process_message"
 RETRY_INTERVALS_S = [1, 5, 15, 30, 60]
@@ -68,6 +69,27 @@ class IntakeRecord:
     charset: str = ""  # MSH-18 as received, "" when absent
     processing_id: str = "P"  # MSH-11 as received
     ack_mode: str = "commit"  # "commit" | "application"
+
+    @classmethod
+    def from_msh(
+        cls, raw: bytes, h: Msh, *, received_at: float, peer: str, ack_mode: str
+    ) -> IntakeRecord:
+        """The record for ``raw`` whose MSH the listener (or a replay) has read as ``h``."""
+        return cls(
+            raw=raw,
+            received_at=received_at,
+            peer=peer,
+            sending_app=h.sending_app,
+            sending_facility=h.sending_facility,
+            receiving_app=h.receiving_app,
+            receiving_facility=h.receiving_facility,
+            control_id=h.control_id,
+            message_type=h.message_type,
+            version=h.version,
+            charset=h.charset,
+            processing_id=h.processing_id_raw,
+            ack_mode=ack_mode,
+        )
 
     @property
     def sender(self) -> str:

@@ -505,20 +505,8 @@ class Listener:
         if gate is not None:
             return gate
 
-        record = IntakeRecord(
-            raw=content,
-            received_at=received_at,
-            peer=conn.peer,
-            sending_app=h.sending_app,
-            sending_facility=h.sending_facility,
-            receiving_app=h.receiving_app,
-            receiving_facility=h.receiving_facility,
-            control_id=h.control_id,
-            message_type=h.message_type,
-            version=h.version,
-            charset=h.charset,
-            processing_id=h.processing_id_raw,
-            ack_mode=m.ack_mode,
+        record = IntakeRecord.from_msh(
+            content, h, received_at=received_at, peer=conn.peer, ack_mode=m.ack_mode
         )
         try:
             result = await self._run_sync(
