@@ -34,7 +34,7 @@ from bridge.metrics import status_counts
 from bridge.msh import MshError, read_msh
 from bridge.settings import Settings, mask_url
 from bridge.store import CandidateQuery, WorklistStore
-from bridge.worklist import WorklistItem
+from bridge.worklist import WorklistItem, to_dataset
 
 EXIT_NOT_FOUND = 1
 EXIT_UNAVAILABLE = 1
@@ -143,28 +143,6 @@ def worklist_list(settings: Settings, args: argparse.Namespace) -> int:
     print(table(rows, cols))
     print(f"{len(rows)} item(s)")
     return 0
-
-
-def to_dataset(attrs: dict[str, Any]) -> Any:
-    """A pydicom Dataset from an item's keyword → value dict (SQ → nested Datasets).
-
-    Keywords pydicom does not know are skipped: they are bridge bookkeeping, not DICOM.
-    """
-    from pydicom.datadict import tag_for_keyword
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence as DicomSequence
-
-    ds = Dataset()
-    for keyword, value in attrs.items():
-        if tag_for_keyword(keyword) is None:
-            continue
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            setattr(ds, keyword, DicomSequence([to_dataset(v) for v in value]))
-        elif isinstance(value, list):
-            setattr(ds, keyword, [str(v) for v in value])
-        else:
-            setattr(ds, keyword, "" if value is None else str(value))
-    return ds
 
 
 def worklist_show(settings: Settings, args: argparse.Namespace) -> int:

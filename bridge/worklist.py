@@ -22,11 +22,42 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
 from bridge.codes import SpsStatus
 
 SPS = "ScheduledProcedureStepSequence"
 
 AttrValue = str | list[str] | list[dict[str, Any]]
+
+_INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
+
+
+def to_dataset(attrs: dict[str, Any]) -> Dataset:
+    """A pydicom Dataset from an item's keyword → value dict, for dumps and tools.
+
+    Sequences become nested Datasets, multi-valued strings stay lists, integer VRs
+    (e.g. PregnancyStatus, US) become ints. Keywords pydicom does not know are skipped:
+    they are bridge bookkeeping, not DICOM. (C-FIND responses are built by
+    ``bridge.response``, which also chooses the character set and checks every VR.)
+    """
+    ds = Dataset()
+    for keyword, value in attrs.items():
+        if tag_for_keyword(keyword) is None:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            setattr(ds, keyword, DicomSequence([to_dataset(v) for v in value]))
+        elif isinstance(value, list) and not value and dictionary_VR(keyword) == "SQ":
+            setattr(ds, keyword, DicomSequence())
+        elif dictionary_VR(keyword) in _INT_VRS and isinstance(value, str):
+            setattr(ds, keyword, int(value) if value.isdigit() else None)
+        elif isinstance(value, list):
+            setattr(ds, keyword, [str(v) for v in value])
+        else:
+            setattr(ds, keyword, "" if value is None else value)
+    return ds
 
 
 def as_values(value: Any) -> list[str]:

@@ -9,12 +9,12 @@ import redis
 from rq import Queue
 
 from bridge import deadletter
-from bridge.admin import date_range, table, to_dataset
+from bridge.admin import date_range, table
 from bridge.cli import main
 from bridge.deadletter import DeadLetter
 from bridge.keys import Keys
 from bridge.store import WorklistStore
-from bridge.worklist import SPS, WorklistItem
+from bridge.worklist import SPS, WorklistItem, to_dataset
 
 
 def make_item(

@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
-
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
 from bridge import hl7in
 from bridge.errors import MappingFileError, PermanentError
@@ -23,22 +18,10 @@ from bridge.lifecycle import _new, item_id, order_aliases
 from bridge.mapping.apply import map_message
 from bridge.mapping.load import load_mapping
 from bridge.settings import Settings
+from bridge.worklist import to_dataset
 
 EXIT_REJECTED = 1
 EXIT_BAD_MAPPING = 2
-
-
-def to_dataset(attrs: dict[str, Any]) -> Dataset:
-    """A pydicom Dataset from an item's keyword → value dict (for dumps)."""
-    ds = Dataset()
-    for keyword, value in attrs.items():
-        if isinstance(value, list) and (not value or isinstance(value[0], dict)):
-            setattr(ds, keyword, Sequence([to_dataset(v) for v in value]))
-        elif dictionary_VR(keyword) in ("US", "SS", "UL", "SL") and isinstance(value, str):
-            setattr(ds, keyword, int(value) if value.isdigit() else None)
-        else:
-            setattr(ds, keyword, value)
-    return ds
 
 
 def check_command(settings: Settings, args: argparse.Namespace) -> int:
