@@ -5,17 +5,27 @@ mapping file; the shipped one follows IHE RAD-4/RAD-13). The actions:
 
 ========  =================================================================================
 create    NW: one item per OBR (SPS status from the table); a repeated NW updates in place
-update    XO: update the order's items in place, never re-key; an unknown order → no change
+update    XO: the complete order: update its items in place (paired by RPID+SPS ID, else by
+          OBR position), never re-key; items it no longer contains are DISCONTINUED;
+          an unknown order → no change
 status    SC: set the SPS status of every item of the order
 final     CA/DC/OC, XO/SC with CM: final status; items leave the default worklist and
           are purged after the retention for that status; the order never comes back
-hide/show HD/RL: hide the order's items from queries / show them again
+hide/show HD/RL: hide the order's items from queries / show them again (new items of a held
+          order are hidden too)
 ignore    NA, OK, CR, UA, UC, SN, CN: logged, no change
 ========  =================================================================================
 
 :func:`plan` is called only by the worker that holds the apply lock, one message at a
 time in ingest (= ACK) order, so it may read the order state and the store without
 further locking. It returns what to write; the sequencer writes it fenced.
+
+An order is known when its state hash exists or the store still holds items of it (the
+``order`` index). The hash has no TTL while the order has items (scheduled items never
+expire, so neither may the order they belong to); a final order's hash lives
+``worker.final_order_retention_s`` (at least the MLLP dedupe window) so a replay or a
+resent NW cannot resurrect it; an order without items expires after
+``worker.order_state_retention_s``.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any
 
 import redis
 
-from bridge.codes import SpsStatus
+from bridge.codes import FINAL_SPS_STATUSES, SpsStatus
 from bridge.keys import Keys
 from bridge.logs import fields
 from bridge.mapping.apply import MappedGroup, MappedItem, MappingResult
@@ -96,12 +106,17 @@ class Planner:
             for alias in aliases:
                 alias_map[alias] = canonical
             states[canonical] = state
-            known = bool(state)
+            known = bool(state) or self._has_items(plan, canonical)
             self._group(plan, group, canonical, state, known, now, seq)
             if state:
                 ttl = self.settings.order_state_retention_s
                 if state.get("final"):
-                    ttl = retention_s(self.settings, state["final"]) + 86400
+                    ttl = max(
+                        retention_s(self.settings, state["final"]) + 86400,
+                        self.settings.final_order_retention_s,
+                    )
+                elif self._has_items(plan, canonical):
+                    ttl = 0  # the sequencer PERSISTs: alive as long as its items
                 plan.order_states[self.keys.order(canonical)] = (state, ttl)
                 for alias in aliases:
                     if alias != canonical:
@@ -123,7 +138,46 @@ class Planner:
                         "canonical": canonical
                     }
                 return canonical, text
+        # No state hash (expired under an older release, or lost): the store's order index
+        # still knows the order while it has items.
+        for alias in aliases:
+            ids = self.store.ids_for("order", alias)
+            if ids:
+                held = any(it.hidden for it in self.store.load(ids))
+                return alias, {"canonical": alias, "hidden": "1" if held else ""}
         return aliases[0], {}
+
+    def _has_items(self, plan: Plan, canonical: str) -> bool:
+        return bool(self.store.ids_for("order", canonical)) or any(
+            it.order_key == canonical for it in plan.upserts.values()
+        )
+
+    def _pair(
+        self, action: str, canonical: str, group: MappedGroup, existing: list[WorklistItem]
+    ) -> list[str]:
+        """The item id each mapped item updates or creates, in OBR order.
+
+        Same RPID + SPS ID → the same item. An XO may renumber procedures (new OBR-19 /
+        OBR-20): an unpaired procedure then updates the unpaired existing item at the
+        same OBR position (recorded in ``extra["obr"]``), so one procedure stays one item.
+        """
+        ids = [item_id(canonical, mi.rpid, mi.spsid) for mi in group.items]
+        if action != "update":
+            return ids
+        if len(existing) == 1 and len(ids) == 1:
+            return [existing[0].item_id]  # also items stored before positions were kept
+        known = {it.item_id for it in existing}
+        taken = {i for i in ids if i in known}
+        free = {
+            str(it.extra.get("obr")): it
+            for it in existing
+            if it.item_id not in taken and it.extra.get("obr")
+        }
+        out = []
+        for n, iid in enumerate(ids, start=1):
+            old = None if iid in known else free.pop(str(n), None)
+            out.append(old.item_id if old is not None else iid)
+        return out
 
     def _items_of(self, plan: Plan, canonical: str) -> list[WorklistItem]:
         ids = set(self.store.ids_for("order", canonical))
@@ -161,24 +215,36 @@ class Planner:
             return
         existing = self._items_of(plan, canonical)
         touched: list[WorklistItem] = []
+        dropped: list[WorklistItem] = []
         if action in ("create", "update"):
-            single = action == "update" and len(existing) == 1 and len(group.items) == 1
             by_id = {it.item_id: it for it in existing}
-            for mi in group.items:
-                iid = existing[0].item_id if single else item_id(canonical, mi.rpid, mi.spsid)
+            ids = self._pair(action, canonical, group, existing)
+            for n, (mi, iid) in enumerate(zip(group.items, ids, strict=True), start=1):
                 old = by_id.get(iid) or plan.upserts.get(iid)
                 if old is not None:
                     item = _merge(old, mi)
                 elif action == "create" or mi.complete:
                     item = _new(iid, canonical, mi)
+                    # A new procedure of a held order is held like the rest of it.
+                    item.hidden = state.get("hidden") == "1"
                 else:
                     log.warning("order.update_incomplete_item", extra=fields(missing=mi.missing))
                     continue
+                item.extra["obr"] = n
                 if status:
                     item.sps[STATUS_KEY] = status
                 elif not item.sps.get(STATUS_KEY):
                     item.sps[STATUS_KEY] = SpsStatus.SCHEDULED.value
                 touched.append(item)
+            if action == "update":
+                # An XO carries the complete order (IHE RAD-13 order replace): a procedure
+                # it no longer contains is discontinued, never left scheduled beside its
+                # replacement.
+                kept = set(ids)
+                for it in existing:
+                    if it.item_id not in kept and it.status not in FINAL_SPS_STATUSES:
+                        it.sps[STATUS_KEY] = SpsStatus.DISCONTINUED.value
+                        dropped.append(it)
             plan.events.append(f"{action}:{len(touched)}")
         elif action in ("status", "final", "hide", "show"):
             for it in existing:
@@ -198,6 +264,12 @@ class Planner:
                 plan.expire_at[it.item_id] = now + retention_s(self.settings, status)
             else:
                 plan.expire_at.pop(it.item_id, None)
+        for it in dropped:
+            it.seq = seq
+            it.updated_at = now
+            plan.upserts[it.item_id] = it
+            plan.expire_at[it.item_id] = now + retention_s(self.settings, it.status)
+            log.info("order.procedure_dropped", extra=fields(**event["fields"], item=it.item_id))
         state["canonical"] = canonical
         state["last_control"] = group.control
         if status:

@@ -116,6 +116,10 @@ class WorkerSettings:
     retention_discontinued_s: int = 600
     #: How long the state of an order with no final message is kept after its last change.
     order_state_retention_s: int = 90 * 24 * 3600
+    #: How long the record of a finished (CA/DC/CM) order is kept, so a replay or a resent
+    #: NW for it is refused ("order.already_final") instead of recreating the order. Must be
+    #: at least ``mllp.dedupe_retention_s``. After it, the same order numbers are a new order.
+    final_order_retention_s: int = 90 * 24 * 3600
     #: How long an applied message's hash (raw bytes, metadata) is kept for audit.
     processed_retention_s: int = 24 * 3600
     #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a
@@ -380,7 +384,14 @@ def load_settings(
     for section in SECTIONS:
         values = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(section + ".")}
         sections[section] = _section_class(section)(**values)
-    return Settings(**sections)
+    settings = Settings(**sections)
+    if settings.worker.final_order_retention_s < settings.mllp.dedupe_retention_s:
+        # A resend accepted after the dedupe window must still meet the final record.
+        raise ConfigError(
+            "worker.final_order_retention_s",
+            f"must be at least mllp.dedupe_retention_s ({settings.mllp.dedupe_retention_s})",
+        )
+    return settings
 
 
 def mask_url(url: str) -> str:

@@ -229,3 +229,92 @@ def test_per_sender_mapping_and_default_charset(
     )  # fmt: skip
     run(redis_client, s, orm(patient_name="ŁUKASZ^ZOË").encode("utf-8"))
     assert items(redis_client, s)[0].attrs["PatientName"] == "ŁUKASZ^ZOË"
+
+
+def _ws(redis_url: str, **kw: object) -> Settings:
+    return load_settings(
+        {"redis.url": redis_url, "worker.worker_class": "simple", "worker.local_timezone": "UTC",
+         **kw},
+        env={},
+    )  # fmt: skip
+
+
+def test_cancel_after_order_state_retention_still_cancels(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The order hash may outlive its TTL only while items exist: scheduled items never
+    expire, so a CA/DC/XO months later must still find the order (review finding 1)."""
+    s = _ws(redis_url, **{"worker.order_state_retention_s": 1})
+    run(redis_client, s, orm(control_id="N1", filler=""))
+    k = Keys()
+    # The order hash is kept (no TTL) while the order has items.
+    assert redis_client.ttl(k.order("RIS^HOSP|P|PL1")) == -1
+    time.sleep(1.5)  # past worker.order_state_retention_s
+    run(redis_client, s, orm(control="XO", status="SC", control_id="X1", start="20260706090000"))
+    assert redis_client.ttl(k.order("RIS^HOSP|F|FL1")) == -1  # the alias learned by the XO
+    # Even if the hash is gone (an older release set a TTL), the store's order index
+    # finds the order by its number.
+    redis_client.delete(k.order("RIS^HOSP|P|PL1"), k.order("RIS^HOSP|F|FL1"))
+    run(redis_client, s, orm(control="CA", status="CA", control_id="C1"))
+    got = [(i.status, i.sps["ScheduledProcedureStepStartDate"]) for i in items(redis_client, s)]
+    assert got == [("CANCELED", "20260706")]
+
+
+def test_final_order_record_outlives_dedupe_window(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """A final order's record lasts worker.final_order_retention_s (≥ the MLLP dedupe
+    window), so a replay or a resent NW with a new control id does not resurrect it."""
+    s = _ws(redis_url)
+    run(redis_client, s, orm(control_id="N1"), orm(control="CA", status="CA", control_id="C1"))
+    ttl = redis_client.ttl(Keys().order("RIS^HOSP|P|PL1"))
+    assert ttl > s.mllp.dedupe_retention_s - 60
+    assert s.worker.final_order_retention_s >= s.mllp.dedupe_retention_s
+    run(redis_client, s, orm(control_id="N2"))
+    assert [i.status for i in items(redis_client, s)] == ["CANCELED"]
+
+
+def test_xo_renumbering_a_multi_obr_order_leaves_no_duplicates(
+    redis_client: redis.Redis, wsettings: Settings
+) -> None:
+    """New OBR-19/OBR-20 in every OBR of an XO: the items are paired by OBR position
+    and updated in place, never duplicated (review finding 2)."""
+    two = [{}, {19: "RP2", 20: "SPS2", 18: "ACC2"}]
+    run(redis_client, wsettings, orm(control_id="N", obrs=two))
+    before = {i.attrs["AccessionNumber"]: i for i in items(redis_client, wsettings)}
+    new = [{19: "RP1B", 20: "SPS1B"}, {19: "RP2B", 20: "SPS2B", 18: "ACC2"}]
+    xo = orm(control="XO", status="SC", control_id="X", obrs=new, start="20260706090000")
+    run(redis_client, wsettings, xo)
+    after = items(redis_client, wsettings)
+    date = "ScheduledProcedureStepStartDate"
+    got = sorted((i.attrs["RequestedProcedureID"], i.status, i.sps[date]) for i in after)
+    assert got == [("RP1B", "SCHEDULED", "20260706"), ("RP2B", "SCHEDULED", "20260706")]
+    for it in after:
+        old = before[it.attrs["AccessionNumber"]]
+        assert it.item_id == old.item_id
+        assert it.attrs["StudyInstanceUID"] == old.attrs["StudyInstanceUID"]
+
+
+def test_xo_is_the_complete_order_dropped_procedure_is_discontinued(
+    redis_client: redis.Redis, wsettings: Settings
+) -> None:
+    two = [{}, {19: "RP2", 20: "SPS2", 18: "ACC2"}]
+    run(redis_client, wsettings, orm(control_id="N", obrs=two))
+    run(redis_client, wsettings, orm(control="XO", status="SC", control_id="X", obrs=[{}]))
+    assert statuses(redis_client, wsettings) == [
+        ("RP1", "SCHEDULED", False), ("RP2", "DISCONTINUED", False)]  # fmt: skip
+    assert redis_client.zcard(Keys().expiry) == 1
+
+
+def test_xo_adding_a_procedure_to_a_held_order_stays_hidden(
+    redis_client: redis.Redis, wsettings: Settings
+) -> None:
+    """Review finding 3: a new item of a held (HD) order is hidden like the others."""
+    run(redis_client, wsettings, orm(control_id="A"), orm(control="HD", status="HD",
+        control_id="B"))  # fmt: skip
+    run(redis_client, wsettings, orm(control="XO", status="SC", control_id="C",
+        obrs=[{}, {19: "RP2", 20: "SPS2", 18: "ACC2"}]))  # fmt: skip
+    assert statuses(redis_client, wsettings) == [
+        ("RP1", "SCHEDULED", True), ("RP2", "SCHEDULED", True)]  # fmt: skip
+    run(redis_client, wsettings, orm(control="RL", status="SC", control_id="D"))
+    assert [s[2] for s in statuses(redis_client, wsettings)] == [False, False]

@@ -96,3 +96,18 @@ def test_cli_exits_2_with_one_line(argv, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("mwl-bridge: invalid setting ")
+
+
+def test_final_order_record_must_cover_the_dedupe_window() -> None:
+    """A resend accepted after the dedupe window must still meet the final record."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {"worker.final_order_retention_s": 3600, "mllp.dedupe_retention_s": 7200}, env={}
+        )
+    assert info.value.key == "worker.final_order_retention_s"
+    s = load_settings(
+        {"worker.final_order_retention_s": 7200, "mllp.dedupe_retention_s": 7200}, env={}
+    )
+    assert s.worker.final_order_retention_s == 7200
+    with pytest.raises(ConfigError):  # the default dedupe window is a week
+        load_settings({"worker.final_order_retention_s": 7200}, env={})
