@@ -106,8 +106,9 @@ class WorkerSettings:
     sender_mappings: dict[str, str] = field(default_factory=dict)
     #: Charset (HL7 table 0211 name) assumed when MSH-18 is empty.
     default_charset: str = "8859/1"
-    #: IANA zone that DICOM DA/TM values are expressed in (HL7 TS offsets are converted).
-    local_timezone: str = "UTC"
+    #: IANA zone that DICOM DA/TM values are expressed in (HL7 TS offsets are converted);
+    #: empty = the host's zone (TZ, else /etc/localtime), UTC with a WARNING if unknown.
+    local_timezone: str = ""
     #: Attempts for a job that fails transiently (Redis down) before it is dead-lettered.
     max_retries: int = 5
     #: Seconds a finished item stays (hidden) before purge, per final SPS status.
@@ -327,7 +328,7 @@ def _validate(key: str, value: Any) -> None:
                     f"{term!r} is not 'query' or a DICOM Specific Character Set defined term "
                     "(e.g. ISO_IR 100, ISO_IR 192)",
                 )
-    if key == "worker.local_timezone":
+    if key == "worker.local_timezone" and value != "":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from bridge import __version__, metrics
+from bridge import __version__, localzone, metrics
 from bridge.config_file import render
 from bridge.connections import sync_client
 from bridge.embedded_redis import EmbeddedRedis
@@ -225,6 +225,7 @@ def _tcp_open(host: str, port: int) -> bool:
 def banner(settings: Settings, redis_desc: str, config: str, metrics_port: int | None) -> str:
     m, s, w = settings.mllp, settings.scp, settings.worker
     mapping = w.mapping or "built-in IHE mapping (mappings/ihe-rad.yaml)"
+    zone = localzone.resolve(w.local_timezone)
     lines = [
         f"mwl-bridge {__version__}",
         f"  HL7 MLLP listener  {m.host}:{m.port}  (ack mode {m.ack_mode}"
@@ -234,6 +235,7 @@ def banner(settings: Settings, redis_desc: str, config: str, metrics_port: int |
         f"  Workers            {w.workers}",
         f"  Redis              {redis_desc}",
         f"  Mapping            {mapping}",
+        f"  Time zone (DA/TM)  {zone.name} ({zone.source})",
         f"  Config             {config}",
         "  Metrics            "
         + (f"http://{settings.obs.metrics_host}:{metrics_port}/metrics" if metrics_port else "off"),

@@ -117,6 +117,7 @@ def test_run_starts_embedded_redis_and_leaves_nothing_behind(tmp_path: Path) -> 
         assert f"DICOM MWL SCP      127.0.0.1:{run.dicom_port}  AE title MWL_BRIDGE" in banner
         assert f"embedded unix://{run.data_dir}/redis.sock" in banner
         assert "AOF always" in banner and "Workers            2" in banner
+        assert "Time zone (DA/TM)  " in banner
         assert wait_for(lambda: run.get("/healthz") == 200, 15)
         assert run.get("/metrics") == 200
         assert wait_for(lambda: len(run.pids()) >= 5, 15)  # redis, listener, 2 workers, scp

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from bridge import localzone
 from bridge.codes import Hl7Error
 from bridge.errors import MessageRejected
 from bridge.hl7in import Message, Node, Segment
@@ -420,8 +421,9 @@ def lifecycle_action(mapping: Mapping, control: str, order_status: str) -> tuple
 
 def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> MappingResult:
     """Map every order group of ``msg``; raises MessageRejected (101/102/103) on the
-    first permanent problem, naming the HL7 field, never its value."""
-    zone = ZoneInfo(local_zone)
+    first permanent problem, naming the HL7 field, never its value. ``local_zone`` is
+    ``worker.local_timezone``: an IANA name, or ``""`` for the host's zone."""
+    zone = localzone.resolve(local_zone).zone
     sender = f"{msg.get('MSH-3')}^{msg.get('MSH-4')}"
     warnings: list[str] = []
     groups: list[MappedGroup] = []
