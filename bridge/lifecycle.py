@@ -301,7 +301,7 @@ def _new(iid: str, canonical: str, mi: MappedItem) -> WorklistItem:
     attrs.update(mi.attrs)
     sps.update(mi.sps)
     attrs[SPS] = [sps]
-    return WorklistItem(item_id=iid, attrs=attrs, order_key=canonical)
+    return WorklistItem(item_id=iid, attrs=attrs, order_key=canonical, worklist=mi.worklist or "")
 
 
 def _merge(old: WorklistItem, mi: MappedItem) -> WorklistItem:
@@ -320,7 +320,8 @@ def _merge(old: WorklistItem, mi: MappedItem) -> WorklistItem:
         item_id=old.item_id,
         attrs=attrs,
         order_key=old.order_key,
-        worklist=old.worklist,
+        # A new label (e.g. the XO moved the procedure to another room) moves the item.
+        worklist=old.worklist if mi.worklist is None else mi.worklist,
         hidden=old.hidden,
         seq=old.seq,
         updated_at=old.updated_at,

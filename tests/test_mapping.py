@@ -282,3 +282,38 @@ def test_code_sequence_values_fit_their_vr() -> None:
     code = first(r).attrs["RequestedProcedureCodeSequence"][0]
     assert (len(code["CodeValue"]), len(code["CodeMeaning"])) == (16, 64)
     assert any("CodeValue truncated" in w for w in r.warnings)
+
+
+WORKLIST_SITE = """extends: default
+tables:
+  worklist_by_station: {CT_ROOM1: WL_CT, MR_ROOM1: WL_MR}
+worklist:
+  source: "@ScheduledStationAETitle"
+  table: worklist_by_station
+  on_missing: skip
+"""
+
+
+def test_worklist_label_rule_from_the_station_table(tmp_path: Path) -> None:
+    """The ``worklist`` target sets WorklistItem.worklist (scp.per_called_ae_worklists)."""
+    site = load_mapping(write(tmp_path, "site.yaml", WORKLIST_SITE))
+    assert first(mapped(orm(), site)).worklist == "WL_CT"
+    assert first(mapped(orm(station="MR_ROOM1", modality="MR"), site)).worklist == "WL_MR"
+    assert first(mapped(orm(station="US_ROOM9"), site)).worklist is None  # skip → not given
+    assert first(mapped(orm())).worklist is None  # the shipped mapping sets no label
+    strict = WORKLIST_SITE.replace("on_missing: skip", "required: true")
+    with pytest.raises(MessageRejected) as exc:
+        mapped(orm(station="US_ROOM9"), load_mapping(write(tmp_path, "strict.yaml", strict)))
+    assert exc.value.code == Hl7Error.TABLE_VALUE_NOT_FOUND  # on_missing defaults to reject
+
+
+@pytest.mark.parametrize(
+    "text,key",
+    [("extends: default\nworklist: {source: '@Nope'}\n", "worklist"),
+     ("extends: default\nworklist: {source: OBR-21, colour: red}\n", "worklist.colour"),
+     ("extends: default\nworklist: {source: OBR-21, table: nope}\n", "worklist.table")],
+)  # fmt: skip
+def test_worklist_rule_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(MappingFileError) as exc:
+        load_mapping(write(tmp_path, "bad.yaml", text))
+    assert exc.value.mapping_key == key

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from mwl_items import make_item
+from orm_builder import orm
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
@@ -21,6 +23,7 @@ from pynetdicom.sop_class import (
 )
 from redis_server import RedisServer
 from scp_support import find, mwl_query, scu
+from worker_helpers import run
 
 from bridge.keys import Keys
 from bridge.scp import MwlScp
@@ -400,6 +403,44 @@ def test_per_called_ae_worklists(store: WorklistStore, start_scp: StartScp) -> N
     assert [d.PatientID for d in find(port, mwl_query(), called="WL_A").identifiers] == ["PID1"]
     assert [d.PatientID for d in find(port, mwl_query(), called="WL_B").identifiers] == ["PID2"]
     assert find(port, mwl_query(), called="OTHER").statuses == [0x0000]
+
+
+def test_per_called_ae_worklists_end_to_end_from_the_mapping(
+    redis_client: redis.Redis, redis_url: str, start_scp: StartScp, tmp_path: Path
+) -> None:
+    """Orders through a real rq worker with a mapping ``worklist`` rule, then C-FINDs
+    to each called AE title: every modality sees its own items, an XO moving the
+    procedure to another room moves it to that room's worklist."""
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "extends: default\n"
+        "tables:\n  worklist_by_station: {CT_ROOM1: WL_CT, MR_ROOM1: WL_MR}\n"
+        "worklist:\n  source: '@ScheduledStationAETitle'\n  table: worklist_by_station\n"
+        "  on_missing: skip\n",
+        encoding="utf-8",
+    )
+    ws = load_settings(
+        {"redis.url": redis_url, "worker.worker_class": "simple", "worker.mapping": str(site),
+         "worker.local_timezone": "UTC"},
+        env={},
+    )  # fmt: skip
+    run(
+        redis_client,
+        ws,
+        orm(placer="O1", filler="", patient_id="P1^^^HOSP", control_id="1"),
+        orm(placer="O2", filler="", patient_id="P2^^^HOSP", control_id="2", station="MR_ROOM1",
+            modality="MR"),
+        orm(placer="O3", filler="", patient_id="P3^^^HOSP", control_id="3", station="US_ROOM9"),
+    )  # fmt: skip
+    port = start_scp(per_called_ae_worklists=True).port
+
+    def pids(called: str) -> list[str]:
+        return sorted(d.PatientID for d in find(port, mwl_query(), called=called).identifiers)
+
+    assert (pids("WL_CT"), pids("WL_MR"), pids("OTHER")) == (["P1"], ["P2"], [])
+    run(redis_client, ws, orm(control="XO", placer="O1", filler="", patient_id="P1^^^HOSP",
+        control_id="4", station="MR_ROOM1", modality="MR"))  # fmt: skip
+    assert (pids("WL_CT"), pids("WL_MR")) == ([], ["P1", "P2"])
 
 
 # -- character sets ---------------------------------------------------------------------

@@ -49,6 +49,9 @@ class MappedItem:
     defaults: dict[str, Any]  # create-only values, same key convention
     complete: bool  # every Type 1 attribute has a value (or a create-only default)
     missing: str = ""  # first missing Type 1 location when not complete
+    #: Logical worklist label from the mapping's ``worklist`` rule; None = not given
+    #: (created items get the default worklist "", updated ones keep theirs).
+    worklist: str | None = None
 
     @property
     def rpid(self) -> str:
@@ -364,6 +367,22 @@ def _map_item(ctx: _Ctx, sender: str, order_id: str, require: bool) -> MappedIte
             f"{rule.keyword}: not in the message; generated from the order identity"
         )
     item = MappedItem(attrs, sps, absent, defaults, complete=not missing, missing=missing)
+    wl = ctx.mapping.worklist
+    if wl is not None:
+        label = _evaluate(ctx, wl)
+        if isinstance(label, list):
+            label = label[0] if label else ""
+        if label is _ABSENT and wl.default is not None:
+            label = wl.default
+        if label is not _ABSENT:
+            item.worklist = str(_fit(ctx, wl, label)).strip()
+        if require and wl.required and not item.worklist:
+            # An item in no called AE's worklist would be invisible to every modality.
+            raise MessageRejected(
+                f"no worklist for this item ({wl.location})",
+                Hl7Error.REQUIRED_FIELD_MISSING,
+                wl.location,
+            )
     if require and missing:
         raise MessageRejected(
             f"required field {missing} is missing or empty",

@@ -70,7 +70,8 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
             if group.status:
                 item.sps["ScheduledProcedureStepStatus"] = group.status
             flag = "" if mi.complete else f"  (incomplete: {mi.missing} missing)"
-            print(f"## item {n} id {item.item_id}{flag}")
+            label = f" worklist {item.worklist!r}" if mapping.worklist is not None else ""
+            print(f"## item {n} id {item.item_id}{label}{flag}")
             print(to_dataset(item.attrs))
     print(f"# {len(result.warnings)} warning(s)")
     for warning in result.warnings:

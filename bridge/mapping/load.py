@@ -49,7 +49,10 @@ VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "L
           "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "US": 5}  # fmt: skip
 
 _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attributes", "one_of",
-             "default_charset"}  # fmt: skip
+             "default_charset", "worklist"}  # fmt: skip
+
+#: The ``worklist`` rule's target: a called AE title (VR AE, at most 16 characters).
+WORKLIST_LABEL = "worklist"
 _RULE_KEYS = {"source", "const", "transform", "table", "on_missing", "regex", "components",
               "join", "multi", "required", "default", "generate", "too_long", "partial", "zone",
               "vr", "max_length", "scheme_default"}  # fmt: skip
@@ -217,6 +220,10 @@ def _build(doc: Located, chain: list[str]) -> Mapping:
             if name not in known:
                 raise _err(doc, "one_of", f"{name} has no rule in attributes")
         mapping.one_of.append(names)
+
+    if doc.data.get("worklist") is not None:
+        # After the attributes, so its sources may be any @Keyword (e.g. the station AE).
+        mapping.worklist = _rule(doc, WORKLIST_LABEL, doc.data["worklist"], mapping, vr="AE")
     return mapping
 
 
@@ -336,9 +343,10 @@ def _options(spec: Located, key: str, mapping: Mapping) -> dict[str, Any]:
     return out
 
 
-def _rule(doc: Located, keyword: str, spec: Any, mapping: Mapping) -> Rule:
+def _rule(doc: Located, keyword: str, spec: Any, mapping: Mapping, vr: str = "") -> Rule:
+    """One rule; ``vr`` given = a non-DICOM target (the worklist label) of that VR."""
     line = doc.lines.get(keyword, doc.line)
-    if keyword not in keyword_dict:
+    if not vr and keyword not in keyword_dict:
         raise _err(doc, keyword, "not a DICOM keyword (see PS3.6; e.g. PatientName)")
     if spec is None:
         raise _err(doc, keyword, "empty rule")
@@ -385,7 +393,7 @@ def _rule(doc: Located, keyword: str, spec: Any, mapping: Mapping) -> Rule:
             )
         return value
 
-    vr = str(spec.data.get("vr") or "")
+    vr = str(spec.data.get("vr") or vr)
     if not vr:
         vr = dictionary_VR(keyword)
     generate = str(spec.data.get("generate", ""))

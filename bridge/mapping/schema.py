@@ -101,5 +101,8 @@ class Mapping:
     one_of: list[tuple[str, ...]] = field(default_factory=list)
     #: Charset assumed when MSH-18 is empty (overrides ``worker.default_charset``).
     default_charset: str = ""
+    #: Rule for the item's logical worklist label (``scp.per_called_ae_worklists``: the
+    #: called AE title that serves the item), run after every attribute rule; None = none.
+    worklist: Rule | None = None
     #: Which files this mapping was built from, base first.
     chain: list[str] = field(default_factory=list)
