@@ -148,8 +148,9 @@ class Planner:
         return aliases[0], {}
 
     def _has_items(self, plan: Plan, canonical: str) -> bool:
-        return bool(self.store.ids_for("order", canonical)) or any(
-            it.order_key == canonical for it in plan.upserts.values()
+        # Staged items first: a NW/XO answers without a Redis round trip.
+        return any(it.order_key == canonical for it in plan.upserts.values()) or bool(
+            self.store.ids_for("order", canonical)
         )
 
     def _pair(
@@ -233,7 +234,9 @@ class Planner:
                 item.extra["obr"] = n
                 if status:
                     item.sps[STATUS_KEY] = status
-                elif not item.sps.get(STATUS_KEY):
+                elif not item.sps.get(STATUS_KEY) or item.status in FINAL_SPS_STATUSES:
+                    # (A procedure an earlier XO dropped that the order lists again is
+                    # scheduled again: the RIS says it is part of the order.)
                     item.sps[STATUS_KEY] = SpsStatus.SCHEDULED.value
                 touched.append(item)
             if action == "update":
@@ -247,7 +250,9 @@ class Planner:
                         dropped.append(it)
             plan.events.append(f"{action}:{len(touched)}")
         elif action in ("status", "final", "hide", "show"):
-            for it in existing:
+            # A procedure dropped by an XO (DISCONTINUED) is finished: an order-level
+            # status change must not bring it back.
+            for it in (x for x in existing if x.status not in FINAL_SPS_STATUSES):
                 if action in ("status", "final"):
                     it.sps[STATUS_KEY] = status
                 elif action == "hide":

@@ -304,6 +304,14 @@ def test_xo_is_the_complete_order_dropped_procedure_is_discontinued(
     assert statuses(redis_client, wsettings) == [
         ("RP1", "SCHEDULED", False), ("RP2", "DISCONTINUED", False)]  # fmt: skip
     assert redis_client.zcard(Keys().expiry) == 1
+    # An order-level status change leaves the dropped procedure finished.
+    run(redis_client, wsettings, orm(control="SC", status="IP", control_id="S"))
+    assert [s[1] for s in statuses(redis_client, wsettings)] == ["STARTED", "DISCONTINUED"]
+    assert redis_client.zcard(Keys().expiry) == 1
+    # An XO that lists it again puts it back on the worklist.
+    run(redis_client, wsettings, orm(control="XO", status="", control_id="X2", obrs=two))
+    assert [s[1] for s in statuses(redis_client, wsettings)] == ["STARTED", "SCHEDULED"]
+    assert redis_client.zcard(Keys().expiry) == 0
 
 
 def test_xo_adding_a_procedure_to_a_held_order_stays_hidden(
