@@ -172,7 +172,10 @@ class Planner:
         free = {
             str(it.extra.get("obr")): it
             for it in existing
-            if it.item_id not in taken and it.extra.get("obr")
+            # A procedure an earlier XO dropped is not a renumbering candidate.
+            if it.item_id not in taken
+            and it.extra.get("obr")
+            and it.status not in FINAL_SPS_STATUSES
         }
         out = []
         for n, iid in enumerate(ids, start=1):

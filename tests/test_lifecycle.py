@@ -308,10 +308,16 @@ def test_xo_is_the_complete_order_dropped_procedure_is_discontinued(
     run(redis_client, wsettings, orm(control="SC", status="IP", control_id="S"))
     assert [s[1] for s in statuses(redis_client, wsettings)] == ["STARTED", "DISCONTINUED"]
     assert redis_client.zcard(Keys().expiry) == 1
-    # An XO that lists it again puts it back on the worklist.
-    run(redis_client, wsettings, orm(control="XO", status="", control_id="X2", obrs=two))
-    assert [s[1] for s in statuses(redis_client, wsettings)] == ["STARTED", "SCHEDULED"]
-    assert redis_client.zcard(Keys().expiry) == 0
+    # A new procedure at its old position is a new item, not the dropped one renamed.
+    three = [{}, {19: "RP3", 20: "SPS3", 18: "ACC3"}]
+    run(redis_client, wsettings, orm(control="XO", status="", control_id="X2", obrs=three))
+    assert [s[:2] for s in statuses(redis_client, wsettings)] == [
+        ("RP1", "STARTED"), ("RP2", "DISCONTINUED"), ("RP3", "SCHEDULED")]  # fmt: skip
+    # An XO that lists it again puts it back on the worklist (and now drops RP3).
+    run(redis_client, wsettings, orm(control="XO", status="", control_id="X3", obrs=two))
+    assert [s[:2] for s in statuses(redis_client, wsettings)] == [
+        ("RP1", "STARTED"), ("RP2", "SCHEDULED"), ("RP3", "DISCONTINUED")]  # fmt: skip
+    assert redis_client.zcard(Keys().expiry) == 1
 
 
 def test_xo_adding_a_procedure_to_a_held_order_stays_hidden(
