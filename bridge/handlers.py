@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from bridge import metrics
 from bridge.codes import CFindStatus
 from bridge.errors import StoreUnavailable
-from bridge.logs import fields
+from bridge.logs import fields, log_failure
 from bridge.matching import MatchOptions, matches
 from bridge.query import QueryError, WorklistQuery, parse_identifier
 from bridge.response import ResponseCache, ResponseError, encoded_response
@@ -122,9 +122,9 @@ def handle_find(
             failure(CFindStatus.UNABLE_STORE_DATA_CORRUPT, "Stored worklist item unreadable"),
             None,
         )
-    except Exception:
+    except Exception as exc:
         outcome["status"] = "C1FF"
-        log.exception("cfind.internal_error")
+        log_failure(log, "cfind.internal_error", exc)
         yield failure(CFindStatus.UNABLE_INTERNAL, "Internal error in the worklist SCP"), None
     finally:
         elapsed_s = time.monotonic() - started

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import signal
 import socket
@@ -543,11 +544,16 @@ class Listener:
                 dead_reason=reason,
                 reject="duplicate_control_id",
             )
+        app_mode = m.ack_mode == "application" and not (
+            self.policy.enhanced_mode and h.enhanced_mode
+        )
         if result.kind is SubmitKind.DUPLICATE:
+            if app_mode:
+                return await self._duplicate_verdict(h, result.message_id)
             return Verdict(
                 Outcome.ACCEPTED, h, message_id=result.message_id, note="duplicate (not queued)"
             )
-        if m.ack_mode == "application" and not (self.policy.enhanced_mode and h.enhanced_mode):
+        if app_mode:
             return await self._application_verdict(h, result.message_id)
         return Verdict(Outcome.ACCEPTED, h, message_id=result.message_id, note="queued")
 
@@ -569,6 +575,90 @@ class Listener:
 
     async def _application_verdict(self, h: Msh, message_id: str) -> Verdict:
         """``--ack-mode application``: wait for the worker's verdict (already durable)."""
+        result = await self._await_result(h, message_id)
+        if result is None:
+            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (no verdict)")
+        return self._result_verdict(h, message_id, result, "processed", "processing failed")
+
+    async def _duplicate_verdict(self, h: Msh, message_id: str) -> Verdict:
+        """``--ack-mode application``, resend of the stored message ``message_id``: answer
+        with its fate, not a blind AA. The usual reason for a resend is a lost AE, and an
+        AA then would tell the RIS that an order sitting in the dead-letter store is on the
+        worklist."""
+        try:
+            fate = await self._run_sync(self._stored_fate, message_id)
+        except redis.RedisError as exc:
+            log.error(
+                "mllp.duplicate.fate_unavailable",
+                extra=fields(control_id=h.control_id, message_id=message_id, error=str(exc)),
+            )
+            return Verdict(
+                Outcome.REJECTED,
+                h,
+                Hl7Error.INTERNAL_ERROR,
+                "Message status unknown, please resend",
+                message_id=message_id,
+                note="duplicate (status unknown)",
+                reject="store_unavailable",
+            )
+        if fate is None:  # still in line: wait for the verdict as for a new message
+            fate = await self._await_result(h, message_id)
+            if fate is None:
+                # The first send's connection may still be waiting and have taken the
+                # verdict: a rejection leaves its dead letter, so look once more.
+                with contextlib.suppress(redis.RedisError):
+                    fate = await self._run_sync(self._stored_fate, message_id)
+            if fate is None:
+                return Verdict(
+                    Outcome.ACCEPTED, h, message_id=message_id, note="duplicate (no verdict)"
+                )
+        return self._result_verdict(
+            h, message_id, fate, "duplicate (processed)", "duplicate (processing failed)"
+        )
+
+    def _stored_fate(self, message_id: str) -> AppResult | None:
+        """What became of the stored message ``message_id`` (sync, in the thread pool):
+        its verdict, or None while the workers have not decided yet.
+
+        The worker dead-letters a rejected message under its message id, and in
+        application mode pushes its verdict to ``keys.result(id)`` (popped by whichever
+        connection waited for it); ``parsed:<id>`` holds the outcome until it is applied,
+        after which the message hash says ``state=applied``."""
+        k = self.keys
+        letter = deadletter.get(self.client, k, message_id)
+        if letter is not None:
+            return AppResult(
+                ok=False, code=letter.code, text=letter.reason, location=letter.location
+            )
+        pipe = self.client.pipeline(transaction=False)
+        pipe.lindex(k.result(message_id), -1)
+        pipe.get(k.parsed(message_id))
+        pipe.lpos(k.ingest_order, message_id)
+        pipe.exists(k.message(message_id))
+        pipe.hget(k.message(message_id), "state")
+        pushed, parsed, position, stored, state = pipe.execute()
+        if pushed is not None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                return AppResult.from_json(pushed)
+        if parsed is not None:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                doc = json.loads(parsed)
+                if doc.get("kind") == "rejected":
+                    return AppResult(
+                        ok=False,
+                        code=int(doc.get("code") or 0),
+                        text=str(doc.get("reason") or ""),
+                        location=str(doc.get("location") or ""),
+                    )
+            return AppResult(ok=True)
+        if position is not None or (stored and state != b"applied"):
+            return None
+        # Applied (its verdict already given), or expired from Redis: as in commit mode.
+        return AppResult(ok=True)
+
+    async def _await_result(self, h: Msh, message_id: str) -> AppResult | None:
+        """Pop the worker's verdict for ``message_id``; None (logged) when none came within
+        ``mllp.application_ack_timeout_s``, Redis failed or the verdict was unreadable."""
         m = self.settings.mllp
         try:
             popped = await self.aclient.blpop(
@@ -589,16 +679,22 @@ class Listener:
                     timeout_s=m.application_ack_timeout_s,
                 ),
             )
-            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (no verdict)")
+            return None
         try:
-            result = AppResult.from_json(popped[1])
+            return AppResult.from_json(popped[1])
         except (ValueError, TypeError, AttributeError) as exc:
             log.error(
-                "mllp.application_ack.invalid", extra=fields(message_id=message_id, error=str(exc))
+                "mllp.application_ack.invalid",
+                extra=fields(message_id=message_id, error=type(exc).__name__),
             )
-            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (bad verdict)")
+            return None
+
+    @staticmethod
+    def _result_verdict(
+        h: Msh, message_id: str, result: AppResult, ok_note: str, error_note: str
+    ) -> Verdict:
         if result.ok:
-            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="processed")
+            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note=ok_note)
         try:
             error = Hl7Error(result.code) if result.code else Hl7Error.INTERNAL_ERROR
         except ValueError:
@@ -610,7 +706,7 @@ class Listener:
             result.text or error.text,
             result.location,
             message_id=message_id,
-            note="processing failed",
+            note=error_note,
         )
 
     # -- failures ------------------------------------------------------------------------

@@ -4,6 +4,13 @@ Modules log events as ``log.info("ack.sent", extra={"fields": {...}})``: the mes
 a stable event name and ``fields`` carries metadata (control ids, sizes, codes,
 latencies). Patient data never goes into ``fields`` at INFO or above; code that wants
 to show content at DEBUG calls :func:`phi` so it appears only when ``obs.log_phi`` is on.
+
+Exceptions are a PHI channel too: errors raised inside pydicom, hl7apy, json or a codec
+often quote the value they choke on (``invalid literal for int(): 'DOE^JANE'``). A failure
+is logged with :func:`log_failure` (or ``extra=exc_fields(exc)``): type name and frames,
+never the message, which goes to a DEBUG record only when PHI logging is on. The
+formatter withholds the message of any ``exc_info`` record too (``log.exception`` in a
+library: asyncio, pynetdicom, rq), unless PHI logging is on.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import json
 import logging
 import sys
 import time
+import traceback
+from types import TracebackType
 from typing import Any
 
 _PHI_ENABLED = False
@@ -25,6 +34,32 @@ def phi(value: object) -> str:
 def fields(**kv: Any) -> dict[str, Any]:
     """``extra=`` payload for a log call: ``log.info("x", extra=fields(a=1))``."""
     return {"fields": kv}
+
+
+def exc_fields(exc: BaseException, **kv: Any) -> dict[str, Any]:
+    """``extra=`` payload for a failure at INFO or above: ``error`` = the exception's type
+    name and ``traceback`` = its frames (file, line, function, source line) without the
+    exception message, which may quote patient data."""
+    frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+    return fields(**kv, error=type(exc).__name__, traceback=frames)
+
+
+def log_failure(
+    logger: logging.Logger,
+    event: str,
+    exc: BaseException,
+    *,
+    level: int = logging.ERROR,
+    **kv: Any,
+) -> None:
+    """Log ``exc`` at ``level`` without its message (:func:`exc_fields`); when PHI logging
+    is on (DEBUG + ``obs.log_phi``) also ``<event>.detail`` at DEBUG with the full text."""
+    logger.log(level, event, extra=exc_fields(exc, **kv))
+    if _PHI_ENABLED:
+        logger.debug(f"{event}.detail", exc_info=exc, extra=fields(**kv))
+
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 
 class _Formatter(logging.Formatter):
@@ -53,6 +88,17 @@ class _Formatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+    def formatException(self, ei: _ExcInfo) -> str:
+        if _PHI_ENABLED:
+            return super().formatException(ei)
+        exc_type, _exc, tb = ei
+        name = exc_type.__name__ if exc_type is not None else "Exception"
+        frames = "".join(traceback.format_tb(tb))
+        return (
+            f"Traceback (most recent call last):\n{frames}{name}: "
+            "<message withheld: may contain patient data>"
+        )
 
 
 def _quote(value: Any) -> str:

@@ -32,7 +32,9 @@ from mllp_harness import (
 from redis_server import RedisServer, free_port
 from rq import Queue
 
+from bridge import deadletter, workers
 from bridge.keys import Keys
+from bridge.settings import Settings
 
 StartFn = Callable[..., ListenerThread]
 V23_SAMPLE = "mllp_orm_v23_zds.hl7"
@@ -229,6 +231,108 @@ def test_application_mode_timeout_is_aa_and_warns(
         assert ack_fields(c.send(msg("A3")))["MSA"][1:3] == ["AA", "A3"]
     assert len(ids(redis_client, keys)) == 1  # durable before the wait
     assert any(r.getMessage() == "mllp.application_ack.timeout" for r in caplog.records)
+
+
+def _run_worker(settings: Settings, client: redis.Redis) -> None:
+    """A real rq worker (in-process, burst) over whatever the listener queued."""
+    ctx = workers.install(settings, client)
+    logging.getLogger("rq.worker").setLevel(logging.WARNING)
+    workers.make_worker(ctx).work(burst=True, logging_level="WARNING")
+
+
+def test_application_mode_resend_of_a_rejected_message_is_ae_again(
+    mllp: StartFn, settings: Settings, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The AE for a message the worker rejected was lost; the resend must not get AA for
+    an order that sits in the dead-letter store (and is not queued a second time)."""
+    lt = mllp(ack_mode="application", application_ack_timeout_s=10)
+    bad = sample("orm_bad_modality.hl7")
+    fut = _send_async(lt.port, bad)
+    wait_until(lambda: len(ids(redis_client, keys)) == 1)
+    [mid] = ids(redis_client, keys)
+    _run_worker(settings, redis_client)
+    first = ack_fields(fut.result(10))
+    assert first["MSA"][1:3] == ["AE", "CTRL1"]
+    letter = deadletter.get(redis_client, keys, mid)
+    assert letter is not None and letter.stage == "worker"
+    assert redis_client.llen(keys.result(mid)) == 0  # the first connection took the verdict
+    with MllpClient(lt.port) as c:
+        again = ack_fields(c.send(bad))
+    assert again["MSA"][1:4] == ["AE", "CTRL1", letter.reason]
+    assert again["ERR"] == first["ERR"]
+    assert f"{letter.code}&" in again["ERR"][1]  # v2.3.1: ERR-1 <seg>^1^<field>^<code>&...
+    assert Queue(keys.queue_name(), connection=redis_client).count == 0  # not queued again
+    assert deadletter.count(redis_client, keys) == 1
+
+
+def test_application_mode_resend_answers_with_the_stored_fate(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp(ack_mode="application", application_ack_timeout_s=0.3)
+    with MllpClient(lt.port) as c:
+        # 1. dead-lettered by the worker (dead_id == message id) → AE with its code/location
+        assert ack_fields(c.send(msg("D1", "2.5")))["MSA"][1] == "AA"  # no verdict in time
+        mid = ids(redis_client, keys)[-1]
+        letter = deadletter.DeadLetter(
+            raw=b"x", reason="PID-3 missing", stage="worker", code=101, location="PID-3",
+            dead_id=mid,
+        )  # fmt: skip
+        deadletter.put(redis_client, keys, letter)
+        ack = ack_fields(c.send(msg("D1", "2.5")))
+        assert ack["MSA"][1:4] == ["AE", "D1", "PID-3 missing"]
+        assert ack["ERR"][2:5] == ["PID^1^3", "101^Required field missing^HL70357", "E"]
+        # 2. a verdict that came after the first send's wait is still in the result list
+        assert ack_fields(c.send(msg("D2", "2.5")))["MSA"][1] == "AA"
+        mid = ids(redis_client, keys)[-1]
+        verdict = {"ok": False, "code": 102, "text": "bad date", "location": "OBR-7"}
+        redis_client.rpush(keys.result(mid), json.dumps(verdict))
+        ack = ack_fields(c.send(msg("D2", "2.5")))
+        assert ack["MSA"][1:4] == ["AE", "D2", "bad date"]
+        assert ack["ERR"][2] == "OBR^1^7"
+        # 3. applied long ago (hash says so, no verdict left) → AA at once, no wait
+        assert ack_fields(c.send(msg("D3")))["MSA"][1] == "AA"
+        mid = ids(redis_client, keys)[-1]
+        redis_client.lrem(keys.ingest_order, 0, mid)
+        redis_client.hset(keys.message(mid), "state", "applied")
+        t0 = time.monotonic()
+        assert ack_fields(c.send(msg("D3")))["MSA"][1:3] == ["AA", "D3"]
+        assert time.monotonic() - t0 < 0.25  # did not wait for a verdict
+
+
+def test_application_mode_resend_of_a_pending_message_waits_for_the_verdict(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    lt = mllp(ack_mode="application", application_ack_timeout_s=10)
+    with MllpClient(lt.port) as c:
+        first = _send_async_on(c, msg("P1", "2.5"))
+        wait_until(lambda: len(ids(redis_client, keys)) == 1)
+        [mid] = ids(redis_client, keys)
+        redis_client.rpush(keys.result(mid), json.dumps({"ok": True}))
+        assert ack_fields(first.result(10))["MSA"][1] == "AA"
+    # The message is still in line (not applied yet): a resend waits for a verdict.
+    with MllpClient(lt.port) as c:
+        resend = _send_async_on(c, msg("P1", "2.5"))
+        # It waits on the result list (a blind AA would be back at once).
+        wait_until(lambda: any(cl["cmd"] == "blpop" for cl in redis_client.client_list()))
+        assert not resend.done()
+        verdict = {"ok": False, "code": 207, "text": "could not apply", "location": ""}
+        redis_client.rpush(keys.result(mid), json.dumps(verdict))
+        assert ack_fields(resend.result(10))["MSA"][1:3] == ["AE", "P1"]
+    assert ids(redis_client, keys) == [mid]  # not queued again
+
+
+def test_commit_mode_resend_is_aa_even_when_dead_lettered(
+    mllp: StartFn, redis_client: redis.Redis, keys: Keys
+) -> None:
+    """Commit mode acknowledges storage only: a resend gets AA as before."""
+    lt = mllp()
+    with MllpClient(lt.port) as c:
+        assert ack_fields(c.send(msg("C1")))["MSA"][1] == "AA"
+        [mid] = ids(redis_client, keys)
+        deadletter.put(
+            redis_client, keys, deadletter.DeadLetter(b"x", "r", "worker", 101, dead_id=mid)
+        )
+        assert ack_fields(c.send(msg("C1")))["MSA"][1:3] == ["AA", "C1"]
 
 
 # -- interop with a client we did not write -------------------------------------------------

@@ -569,6 +569,8 @@ def test_cfind_metrics_count_final_statuses(store: WorklistStore, start_scp: Sta
 
     before = (count("success"), count("identifier_mismatch"))
     durations = metrics.REGISTRY.get_sample_value("mwl_cfind_duration_seconds_count") or 0.0
+    # Process-global gauge: other tests (test_metrics) move it too, so compare, not == 0.
+    open_before = metrics.REGISTRY.get_sample_value("mwl_associations_open") or 0.0
     store.upsert(make_item(1))
     scp = start_scp()
     assert find(scp.port, mwl_query(Modality="CT")).statuses == [0xFF00, 0x0000]
@@ -580,6 +582,6 @@ def test_cfind_metrics_count_final_statuses(store: WorklistStore, start_scp: Sta
     assert after == durations + 2
     # Both associations were released: the open-associations gauge is back where it was.
     deadline = time.monotonic() + 5
-    while metrics.REGISTRY.get_sample_value("mwl_associations_open") != 0:
+    while metrics.REGISTRY.get_sample_value("mwl_associations_open") != open_before:
         assert time.monotonic() < deadline, "association gauge never returned to 0"
         time.sleep(0.02)
