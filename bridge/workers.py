@@ -12,6 +12,7 @@ shutdown: the current job finishes, then the worker exits.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import time
 from dataclasses import dataclass
@@ -252,6 +253,11 @@ def make_worker(ctx: WorkerContext, name: str | None = None) -> BaseWorker:
 def command(settings: Settings, args: argparse.Namespace) -> int:
     ctx = install(settings)
     hl7in.warm_up()  # load hl7apy's version models once, before work horses fork
+    # Move everything loaded so far (hl7apy models, mappings, rq, redis-py) out of the
+    # cyclic GC's reach: hl7apy's parse trees are cyclic and trigger full collections
+    # that would otherwise rescan those long-lived objects (measured ~5 % of the parse).
+    gc.collect()
+    gc.freeze()
     worker = make_worker(ctx)
     log.info(
         "worker.start",
