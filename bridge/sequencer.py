@@ -10,8 +10,9 @@ How (details and the failure analysis in ``docs/workers.md``):
 1. :meth:`Sequencer.process` parses and maps (the expensive, parallel part) and stores
    the outcome as JSON in ``parsed:<id>`` (``SET NX``: a re-run never replaces it). A
    permanent failure stores a ``rejected`` outcome, so the line still advances.
-2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) and,
-   while the *head* of ``ingest_order`` has a parsed outcome, plans it against the
+2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) if
+   the *head* of ``ingest_order`` has a parsed outcome (else the head's own job, or the
+   recovery, applies the line later) and, while the head has one, plans it against the
    order state, then — fenced by the lock token, in one script — writes all items of the
    message, the order state, pops the head and deletes ``parsed:<id>`` (all or
    nothing). It releases the lock only if it still holds the
@@ -48,16 +49,23 @@ log = logging.getLogger(__name__)
 
 RESULT_TTL_S = 120
 
-# Store a parsed outcome (optional), acquire the apply lock and peek at the head, in one
-# round trip (one fsync with appendfsync always).
-# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc.
-# Returns {acquired, head or false, parsed doc or false, seq}.
+# Store a parsed outcome (optional), then take the apply lock only if there is something
+# to apply, in one round trip (one fsync with appendfsync always).
+# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc,
+# message key prefix. Returns {acquired, head or false, parsed doc or false, seq}.
+# Not acquired when the line is empty or its head is not parsed yet: the head's own job
+# applies it (and then ours) when it stores its outcome — this script is atomic, so that
+# later call sees our outcome — or the stuck-head recovery does. Taking and releasing the
+# lock there would cost two more fsync'ed round trips per message with several workers.
+# The one exception: a head whose message hash is gone will never be parsed; the lock is
+# taken so that the caller pops it.
 _ACQUIRE_LUA = """
 if ARGV[4] ~= '' then redis.call('SET', ARGV[3] .. ARGV[4], ARGV[5], 'NX') end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
 local head = redis.call('LINDEX', KEYS[2], 0)
-if not head then return {1, false, false, 0} end
+if not head then return {0, false, false, 0} end
 local doc = redis.call('GET', ARGV[3] .. head)
+if not doc and redis.call('EXISTS', ARGV[6] .. head) == 1 then return {0, head, false, 0} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
 local seq = 0
 if doc then seq = redis.call('INCR', KEYS[3]) end
 return {1, head, doc, seq}
@@ -275,7 +283,7 @@ class Sequencer:
             store = None
             acquired, head_raw, doc, seq = self._acquire(
                 keys=[k.apply_lock, k.ingest_order, k.sequence],
-                args=[token, lock_ms, prefix, mid, doc_json],
+                args=[token, lock_ms, prefix, mid, doc_json, k.message("")],
             )
             if not acquired:
                 return applied  # the holder checks the head again before it releases
