@@ -91,9 +91,13 @@ class Planner:
         self.keys = keys
         self.store = store
         self.settings = settings
+        self._ids: dict[str, list[str]] = {}
 
     def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
         plan = Plan()
+        # Item ids per order key, read with the order states (one round trip); nothing is
+        # written while a plan is made, so they stay valid for the whole message.
+        self._ids = {}
         states: dict[str, dict[str, str]] = {}
         alias_map: dict[str, str] = {}  # aliases seen earlier in this message
         for group in result.groups:
@@ -128,7 +132,11 @@ class Planner:
         pipe = self.r.pipeline(transaction=False)
         for alias in aliases:
             pipe.hgetall(self.keys.order(alias))
-        for alias, data in zip(aliases, pipe.execute(), strict=True):
+            pipe.smembers(self.keys.index("order", alias))
+        replies = pipe.execute()
+        for alias, ids in zip(aliases, replies[1::2], strict=True):
+            self._ids[alias] = sorted(m.decode() for m in ids)
+        for alias, data in zip(aliases, replies[0::2], strict=True):
             if data:
                 text = {k.decode(): v.decode() for k, v in data.items()}
                 canonical = text.get("canonical", alias)
@@ -184,7 +192,8 @@ class Planner:
         return out
 
     def _items_of(self, plan: Plan, canonical: str) -> list[WorklistItem]:
-        ids = set(self.store.ids_for("order", canonical))
+        cached = self._ids.get(canonical)
+        ids = set(cached if cached is not None else self.store.ids_for("order", canonical))
         ids |= {i for i, it in plan.upserts.items() if it.order_key == canonical}
         staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
         stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))

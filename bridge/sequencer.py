@@ -10,11 +10,12 @@ How (details and the failure analysis in ``docs/workers.md``):
 1. :meth:`Sequencer.process` parses and maps (the expensive, parallel part) and stores
    the outcome as JSON in ``parsed:<id>`` (``SET NX``: a re-run never replaces it). A
    permanent failure stores a ``rejected`` outcome, so the line still advances.
-2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) and,
-   while the *head* of ``ingest_order`` has a parsed outcome, plans it against the
-   order state, writes the items fenced by the lock token (one Lua call: all items of
-   the message or none), then — fenced again — writes the order state, pops the head and
-   deletes ``parsed:<id>`` in one script. It releases the lock only if it still holds the
+2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) if
+   the *head* of ``ingest_order`` has a parsed outcome (else the head's own job, or the
+   recovery, applies the line later) and, while the head has one, plans it against the
+   order state, then — fenced by the lock token, in one script — writes all items of the
+   message, the order state, pops the head and deletes ``parsed:<id>`` (all or
+   nothing). It releases the lock only if it still holds the
    token, then re-checks the head: a worker that stored its outcome while we held the
    lock found the lock busy and left, so the holder must look again (no lost wake-up).
 3. A worker that dies mid-parse leaves the head unparsed. rq would re-run its job only
@@ -42,22 +43,29 @@ from bridge.lifecycle import Planner
 from bridge.logs import fields
 from bridge.mapping.apply import MappingResult
 from bridge.settings import WorkerSettings
-from bridge.store import WorklistStore
+from bridge.store import APPLY_BATCH_LUA_FUNCTION, WorklistStore, batch_json
 
 log = logging.getLogger(__name__)
 
 RESULT_TTL_S = 120
 
-# Store a parsed outcome (optional), acquire the apply lock and peek at the head, in one
-# round trip (one fsync with appendfsync always).
-# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc.
-# Returns {acquired, head or false, parsed doc or false, seq}.
+# Store a parsed outcome (optional), then take the apply lock only if there is something
+# to apply, in one round trip (one fsync with appendfsync always).
+# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc,
+# message key prefix. Returns {acquired, head or false, parsed doc or false, seq}.
+# Not acquired when the line is empty or its head is not parsed yet: the head's own job
+# applies it (and then ours) when it stores its outcome — this script is atomic, so that
+# later call sees our outcome — or the stuck-head recovery does. Taking and releasing the
+# lock there would cost two more fsync'ed round trips per message with several workers.
+# The one exception: a head whose message hash is gone will never be parsed; the lock is
+# taken so that the caller pops it.
 _ACQUIRE_LUA = """
 if ARGV[4] ~= '' then redis.call('SET', ARGV[3] .. ARGV[4], ARGV[5], 'NX') end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
 local head = redis.call('LINDEX', KEYS[2], 0)
-if not head then return {1, false, false, 0} end
+if not head then return {0, false, false, 0} end
 local doc = redis.call('GET', ARGV[3] .. head)
+if not doc and redis.call('EXISTS', ARGV[6] .. head) == 1 then return {0, head, false, 0} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
 local seq = 0
 if doc then seq = redis.call('INCR', KEYS[3]) end
 return {1, head, doc, seq}
@@ -70,21 +78,28 @@ local head = redis.call('LINDEX', KEYS[2], 0)
 if not head then return 0 end
 return redis.call('EXISTS', ARGV[2] .. head)
 """
-# KEYS: lock, ingest, parsed(head), message(head), seq, then the order state keys.
-# ARGV: token, head, message retention s, lock ttl ms, parsed key prefix, then per state
-# key: json fields, ttl. Returns {status, next head or false, its doc or false, seq}:
-# status 1 = the next head is parsed (lock renewed), 2 = lock released, <0 = not applied.
-_FINALIZE_LUA = """
+# The items of the message, the order states and the pop in one fenced script: one round
+# trip (one fsync) per applied message, and no window in which the items are written but
+# the head is not popped.
+# KEYS: lock, ingest, parsed(head), message(head), seq, idx:start, expiry, then the order
+# state keys. ARGV: token, head, message retention s, lock ttl ms, parsed key prefix,
+# item batch (store.batch_json) or '', then per state key: json fields, ttl. Returns
+# {status, next head or false, its doc or false, seq}: status 1 = the next head is parsed
+# (lock renewed), 2 = lock released, <0 = nothing written.
+_FINALIZE_LUA = (
+    APPLY_BATCH_LUA_FUNCTION
+    + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, false, false, 0} end
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {-2, false, false, 0} end
+if ARGV[6] ~= '' then apply_batch(KEYS[6], KEYS[7], ARGV[6]) end
 redis.call('LPOP', KEYS[2])
 redis.call('DEL', KEYS[3])
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('HSET', KEYS[4], 'state', 'applied')
   redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
-for i = 6, #KEYS do
-  local a = 6 + (i - 6) * 2
+for i = 8, #KEYS do
+  local a = 7 + (i - 8) * 2
   local data = cjson.decode(ARGV[a])
   for k, v in pairs(data) do redis.call('HSET', KEYS[i], k, v) end
   local ttl = tonumber(ARGV[a + 1])
@@ -102,6 +117,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1, head, doc, redis.call('INCR', KEYS[5])}
 """
+)
 
 #: parse(message_id, hash fields) → MappingResult; raises PermanentError / TransientError.
 ParseFn = Callable[[str, dict[str, Any]], MappingResult]
@@ -253,8 +269,9 @@ class Sequencer:
         at the head of the line; returns how many were applied.
 
         Round trips (write ones fsync with appendfsync always) per applied message: the
-        planner's reads, the fenced item write, and one finalize script that pops the
-        head and either hands back the next parsed head (lock renewed) or releases.
+        planner's reads and one fenced finalize script that writes the items and the
+        order states, pops the head and either hands back the next parsed head (lock
+        renewed) or releases.
         """
         k = self.keys
         applied = 0
@@ -266,7 +283,7 @@ class Sequencer:
             store = None
             acquired, head_raw, doc, seq = self._acquire(
                 keys=[k.apply_lock, k.ingest_order, k.sequence],
-                args=[token, lock_ms, prefix, mid, doc_json],
+                args=[token, lock_ms, prefix, mid, doc_json, k.message("")],
             )
             if not acquired:
                 return applied  # the holder checks the head again before it releases
@@ -274,8 +291,8 @@ class Sequencer:
             try:
                 while head_raw and doc:
                     head = head_raw.decode()
-                    states = self._plan_and_write(head, doc, token, int(seq))
-                    status, head_raw, doc, seq = self._finish(head, token, states, lock_ms)
+                    batch, states = self._plan(head, doc, int(seq))
+                    status, head_raw, doc, seq = self._finish(head, token, batch, states, lock_ms)
                     applied += 1
                     held = status != 2  # 2 = released by the finalize script
                 if (
@@ -286,7 +303,7 @@ class Sequencer:
                 ):
                     # Nothing will ever parse it: log loudly and move on.
                     log.error("head.message_missing", extra=fields(message_id=head_raw.decode()))
-                    status, _, _, _ = self._finish(head_raw.decode(), token, {}, lock_ms)
+                    status, _, _, _ = self._finish(head_raw.decode(), token, "", {}, lock_ms)
                     held = status != 2  # 2 = released by the finalize script
                     continue
             except LockLost:
@@ -304,22 +321,18 @@ class Sequencer:
             if not again:
                 return applied
 
-    def _plan_and_write(
-        self, head: str, doc_raw: bytes, token: str, seq: int
-    ) -> dict[str, tuple[dict[str, str], int]]:
+    def _plan(
+        self, head: str, doc_raw: bytes, seq: int
+    ) -> tuple[str, dict[str, tuple[dict[str, str], int]]]:
+        """(item batch for the finalize script or "", order states) of the head."""
         try:
             doc = json.loads(doc_raw)
             if doc.get("kind") != "ops":
-                return {}
+                return "", {}
             result = MappingResult.from_dict(doc["result"])
             plan = self.planner.plan(result, time.time(), seq)
-            if plan.upserts:
-                self.store.apply(
-                    plan.upserts.values(),
-                    expire_at=plan.expire_at,
-                    fence=(self.keys.apply_lock, token),
-                )
-            return plan.order_states
+            batch = batch_json(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
+            return batch or "", plan.order_states
         except (TransientError, redis.RedisError):
             raise
         except Exception:
@@ -337,16 +350,26 @@ class Sequencer:
                 "",
                 "could not apply the mapped order",
             )
-            return {}
+            return "", {}
 
     def _finish(
-        self, head: str, token: str, states: dict[str, tuple[dict[str, str], int]], lock_ms: int
+        self,
+        head: str,
+        token: str,
+        batch: str,
+        states: dict[str, tuple[dict[str, str], int]],
+        lock_ms: int,
     ) -> tuple[int, Any, Any, Any]:
-        """Pop the head (fenced) with the order states; returns (status, next head, its
-        parsed doc, seq)."""
+        """Write the items, the order states and pop the head (fenced, one script);
+        returns (status, next head, its parsed doc, seq)."""
         k = self.keys
-        keys = [k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), k.sequence, *states]
-        args: list[Any] = [token, head, self.settings.processed_retention_s, lock_ms, k.parsed("")]
+        keys = [
+            k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), k.sequence,
+            k.index_start, k.expiry, *states,
+        ]  # fmt: skip
+        args: list[Any] = [
+            token, head, self.settings.processed_retention_s, lock_ms, k.parsed(""), batch,
+        ]  # fmt: skip
         for data, ttl in states.values():
             args.extend([json.dumps(data, ensure_ascii=False), ttl])
         status, nxt, doc, seq = self._finalize(keys=keys, args=args)

@@ -46,39 +46,51 @@ INDEXED_FIELDS: dict[str, str] = {
 
 _LOAD_CHUNK = 256
 
-# KEYS[1] = idx:start, KEYS[2] = expiry, optional KEYS[3] = fence key whose value must
-# equal ARGV[2] (the workers' apply lock token), else nothing is written. ARGV[1] = JSON
+# The batch write as a Lua function, shared by the store's own script and by the
+# workers' finalize script (items and the ingest pop in one atomic call, one fsync).
+# start_key = idx:start, expiry_key = expiry, batch_json = :func:`batch_json` output:
 # {"upserts": [{"id", "key", "idxkey", "json", "indexes": [...], "score", "expire_at"}],
 #  "deletes": [{"id", "key", "idxkey"}]}
-_APPLY_LUA = """
-if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
-local batch = cjson.decode(ARGV[1])
-local function unindex(id, idxkey)
-  local old = redis.call('GET', idxkey)
-  if old then
-    for _, k in ipairs(cjson.decode(old)) do redis.call('SREM', k, id) end
+APPLY_BATCH_LUA_FUNCTION = """
+local function apply_batch(start_key, expiry_key, batch_json)
+  local batch = cjson.decode(batch_json)
+  local function unindex(id, idxkey)
+    local old = redis.call('GET', idxkey)
+    if old then
+      for _, k in ipairs(cjson.decode(old)) do redis.call('SREM', k, id) end
+    end
   end
-end
-for _, d in ipairs(batch.deletes) do
-  unindex(d.id, d.idxkey)
-  redis.call('DEL', d.key, d.idxkey)
-  redis.call('ZREM', KEYS[1], d.id)
-  redis.call('ZREM', KEYS[2], d.id)
-end
-for _, u in ipairs(batch.upserts) do
-  unindex(u.id, u.idxkey)
-  for _, k in ipairs(u.indexes) do redis.call('SADD', k, u.id) end
-  redis.call('SET', u.key, u.json)
-  redis.call('SET', u.idxkey, cjson.encode(u.indexes))
-  redis.call('ZADD', KEYS[1], u.score, u.id)
-  if u.expire_at > 0 then
-    redis.call('ZADD', KEYS[2], u.expire_at, u.id)
-  else
-    redis.call('ZREM', KEYS[2], u.id)
+  for _, d in ipairs(batch.deletes) do
+    unindex(d.id, d.idxkey)
+    redis.call('DEL', d.key, d.idxkey)
+    redis.call('ZREM', start_key, d.id)
+    redis.call('ZREM', expiry_key, d.id)
   end
+  for _, u in ipairs(batch.upserts) do
+    unindex(u.id, u.idxkey)
+    for _, k in ipairs(u.indexes) do redis.call('SADD', k, u.id) end
+    redis.call('SET', u.key, u.json)
+    redis.call('SET', u.idxkey, cjson.encode(u.indexes))
+    redis.call('ZADD', start_key, u.score, u.id)
+    if u.expire_at > 0 then
+      redis.call('ZADD', expiry_key, u.expire_at, u.id)
+    else
+      redis.call('ZREM', expiry_key, u.id)
+    end
+  end
+  return #batch.upserts + #batch.deletes
 end
-return #batch.upserts + #batch.deletes
 """
+
+# KEYS[1] = idx:start, KEYS[2] = expiry, optional KEYS[3] = fence key whose value must
+# equal ARGV[2] (the workers' apply lock token), else nothing is written. ARGV[1] = batch.
+_APPLY_LUA = (
+    APPLY_BATCH_LUA_FUNCTION
+    + """
+if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
+return apply_batch(KEYS[1], KEYS[2], ARGV[1])
+"""
+)
 
 
 class FenceLost(TransientError):
@@ -103,6 +115,36 @@ class CandidateQuery:
     @property
     def has_range(self) -> bool:
         return self.start_min is not None or self.start_max is not None
+
+
+def batch_json(
+    keys: Keys,
+    upserts: Iterable[WorklistItem] = (),
+    deletes: Iterable[str] = (),
+    expire_at: dict[str, float] | None = None,
+) -> str | None:
+    """The ``apply_batch`` argument for these writes, or None when there is nothing to do."""
+    expire_at = expire_at or {}
+    k = keys
+    batch = {
+        "upserts": [
+            {
+                "id": it.item_id,
+                "key": k.item(it.item_id),
+                "idxkey": k.item_indexes(it.item_id),
+                "json": it.to_json(),
+                "indexes": sorted({k.index(f, v) for f, v in it.index_entries()}),
+                "score": it.start_key,
+                "expire_at": int(expire_at.get(it.item_id, 0)),
+            }
+            for it in upserts
+        ],
+        "deletes": [{"id": i, "key": k.item(i), "idxkey": k.item_indexes(i)} for i in deletes],
+    }
+    if not batch["upserts"] and not batch["deletes"]:
+        return None
+    # cjson decodes [] as an empty table, which ipairs handles; keep explicit lists.
+    return json.dumps(batch)
 
 
 class WorklistStore:
@@ -132,28 +174,12 @@ class WorklistStore:
         ``fence`` = (key, token): write only while ``key`` still holds ``token`` (the
         workers' apply lock), else raise :class:`FenceLost` and write nothing.
         """
-        expire_at = expire_at or {}
-        k = self._keys
-        batch = {
-            "upserts": [
-                {
-                    "id": it.item_id,
-                    "key": k.item(it.item_id),
-                    "idxkey": k.item_indexes(it.item_id),
-                    "json": it.to_json(),
-                    "indexes": sorted({k.index(f, v) for f, v in it.index_entries()}),
-                    "score": it.start_key,
-                    "expire_at": int(expire_at.get(it.item_id, 0)),
-                }
-                for it in upserts
-            ],
-            "deletes": [{"id": i, "key": k.item(i), "idxkey": k.item_indexes(i)} for i in deletes],
-        }
-        if not batch["upserts"] and not batch["deletes"]:
+        batch = batch_json(self._keys, upserts, deletes, expire_at)
+        if batch is None:
             return 0
-        # cjson decodes [] as an empty table, which ipairs handles; keep explicit lists.
+        k = self._keys
         keys = [k.index_start, k.expiry]
-        args = [json.dumps(batch)]
+        args = [batch]
         if fence is not None:
             keys.append(fence[0])
             args.append(fence[1])
