@@ -85,7 +85,8 @@ FRAMES_REJECTED = Counter(
 MAPPING_FAILURES = Counter(
     "mwl_mapping_failures",
     "Messages the workers could not parse or map (dead-lettered), by reason "
-    "(parse, charset, required_field, unknown_code, lifecycle, internal).",
+    "= HL7 table 0357 code (required_field, data_type, unknown_code, value_too_long, "
+    "segment_sequence, internal; others code_<n>).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -35,12 +35,12 @@ from typing import Any
 
 import redis
 
-from bridge import deadletter
+from bridge import deadletter, metrics
 from bridge.codes import Hl7Error
 from bridge.errors import PermanentError, StoreUnavailable, TransientError
 from bridge.keys import Keys
 from bridge.lifecycle import Planner
-from bridge.logs import fields
+from bridge.logs import fields, log_failure
 from bridge.mapping.apply import MappingResult
 from bridge.settings import WorkerSettings
 from bridge.store import APPLY_BATCH_LUA_FUNCTION, WorklistStore, batch_json
@@ -127,6 +127,21 @@ class LockLost(TransientError):
     """The apply lock expired while we held it; another worker continues the line."""
 
 
+#: HL7 table 0357 code of a rejection → the mwl_mapping_failures reason label.
+_FAILURE_LABELS = {
+    Hl7Error.SEGMENT_SEQUENCE: "segment_sequence",
+    Hl7Error.REQUIRED_FIELD_MISSING: "required_field",
+    Hl7Error.DATA_TYPE: "data_type",
+    Hl7Error.TABLE_VALUE_NOT_FOUND: "unknown_code",
+    Hl7Error.VALUE_TOO_LONG: "value_too_long",
+    Hl7Error.INTERNAL_ERROR: "internal",
+}
+
+
+def failure_label(code: int) -> str:
+    return _FAILURE_LABELS.get(code, f"code_{int(code)}")  # type: ignore[call-overload]
+
+
 class Sequencer:
     def __init__(
         self,
@@ -197,7 +212,7 @@ class Sequencer:
                 code, location, reason = exc.code, exc.location, str(exc)
             else:
                 # A bug must not block the line: dead-letter the message with 207.
-                log.exception("message.internal_error", extra=fields(message_id=message_id))
+                log_failure(log, "message.internal_error", exc, message_id=message_id)
                 code, location = Hl7Error.INTERNAL_ERROR, ""
                 reason = f"internal error while mapping ({type(exc).__name__})"
             self._reject(message_id, meta, text_meta, code, location, reason)
@@ -215,6 +230,7 @@ class Sequencer:
         location: str,
         reason: str,
     ) -> None:
+        metrics.MAPPING_FAILURES.labels(reason=failure_label(code)).inc()
         letter_meta = {
             key: text_meta.get(key, "")
             for key in (
@@ -335,9 +351,9 @@ class Sequencer:
             return batch or "", plan.order_states
         except (TransientError, redis.RedisError):
             raise
-        except Exception:
+        except Exception as exc:
             # Never let one bad outcome block every later order: dead-letter and advance.
-            log.exception("apply.failed", extra=fields(message_id=head))
+            log_failure(log, "apply.failed", exc, message_id=head)
             meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
             text_meta = {
                 key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"
@@ -403,5 +419,8 @@ class Sequencer:
             extra=fields(message_id=head, waited_s=round(now - float(watch[1]), 1)),
         )
         self.r.set(k.head_watch, f"{head} {now}")
+        # Counted before the attempt: a message that kills its worker every time must
+        # still reach max_retries and be dead-lettered, or it blocks every later order.
+        self.r.hincrby(k.message(head), "recoveries", 1)
         self.process(head)
         return "reprocessed"

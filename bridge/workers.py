@@ -27,13 +27,14 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 from rq.worker import BaseWorker, WorkerStatus
 
-from bridge import hl7in
+from bridge import hl7in, localzone
 from bridge.connections import sync_client
 from bridge.errors import ConfigError
 from bridge.keys import Keys
-from bridge.logs import fields
+from bridge.logs import fields, log_failure
 from bridge.mapping.apply import MappingResult, map_message
 from bridge.mapping.load import MappingRegistry
+from bridge.role_runtime import RoleRuntime
 from bridge.sequencer import Sequencer
 from bridge.settings import Settings, load_settings
 from bridge.store import WorklistStore
@@ -89,8 +90,8 @@ def maintenance(ctx: WorkerContext) -> None:
         purged = ctx.store.purge_expired(time.time())
         if purged:
             log.info("worklist.purged", extra=fields(items=purged))
-    except Exception:
-        log.exception("maintenance.failed")
+    except Exception as exc:
+        log_failure(log, "maintenance.failed", exc)
 
 
 class _Maintained:
@@ -259,15 +260,26 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
     gc.collect()
     gc.freeze()
     worker = make_worker(ctx)
+    zone = localzone.resolve(settings.worker.local_timezone)
     log.info(
         "worker.start",
         extra=fields(
-            queue=ctx.keys.queue_name(), burst=bool(args.burst), cls=type(worker).__name__
+            queue=ctx.keys.queue_name(),
+            burst=bool(args.burst),
+            cls=type(worker).__name__,
+            zone=zone.name,
+            zone_source=zone.source,
         ),
     )
-    # with_scheduler: rq puts a retry with a backoff interval in its ScheduledJobRegistry,
-    # and only a worker running the scheduler moves it back to the queue.
-    worker.work(burst=bool(args.burst), logging_level=settings.obs.log_level, with_scheduler=True)
-    if args.burst:
-        maintenance(ctx)
+    runtime = RoleRuntime.start(settings, "worker")  # heartbeat, /metrics, /readyz
+    try:
+        # with_scheduler: rq puts a retry with a backoff interval in its
+        # ScheduledJobRegistry, and only a worker running the scheduler moves it back.
+        worker.work(
+            burst=bool(args.burst), logging_level=settings.obs.log_level, with_scheduler=True
+        )
+        if args.burst:
+            maintenance(ctx)
+    finally:
+        runtime.stop()
     return 0

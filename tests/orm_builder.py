@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+
+# Every message gets its own MSH-10 unless a test names one: the real intake
+# de-duplicates on sender + control id, as a listener must.
+_CONTROL_IDS = itertools.count(1)
+
 
 def segment(name: str, fields: dict[int, str]) -> str:
     """``name`` with ``fields[n]`` at field n (1-based); gaps are empty fields."""
@@ -12,13 +18,13 @@ def segment(name: str, fields: dict[int, str]) -> str:
 def msh(
     version: str = "2.3.1",
     charset: str = "",
-    control_id: str = "CTRL1",
+    control_id: str | None = None,
     sender: str = "RIS",
     facility: str = "HOSP",
     when: str = "20260705080000",
 ) -> str:
     fields = {2: sender, 3: facility, 4: "MWL", 5: "HOSP", 6: when, 8: "ORM^O01",
-              9: control_id, 10: "P", 11: version}  # fmt: skip
+              9: control_id or f"CTRL{next(_CONTROL_IDS)}", 10: "P", 11: version}  # fmt: skip
     if charset:
         fields[17] = charset
     # MSH-1 is the separator itself, so MSH fields shift by one in the join.
@@ -32,7 +38,7 @@ def orm(
     filler: str = "FL1",
     version: str = "2.3.1",
     charset: str = "",
-    control_id: str = "CTRL1",
+    control_id: str | None = None,
     patient_name: str = "DOE^JOHN^Q^JR^DR^PHD",
     patient_id: str = "12345^^^HOSP",
     birth: str = "19700101",
