@@ -329,15 +329,8 @@ class WorklistStore:
 
     def load(self, ids: list[str]) -> Iterator[WorklistItem]:
         """Items for ``ids`` in that order, fetched in chunks; vanished ids are skipped."""
-        for start in range(0, len(ids), _LOAD_CHUNK):
-            chunk = ids[start : start + _LOAD_CHUNK]
-            try:
-                raws = self._r.mget([self._keys.item(i) for i in chunk])
-            except redis.RedisError as exc:
-                raise StoreUnavailable(f"worklist read failed: {exc}") from exc
-            for raw in raws:
-                if raw:
-                    yield WorklistItem.from_json(raw)
+        for _raw, item in self.load_raw(ids):
+            yield item
 
     def load_raw(self, ids: list[str]) -> Iterator[tuple[bytes, WorklistItem]]:
         """Like :meth:`load`, also yielding each item's stored JSON bytes (the SCP keys
