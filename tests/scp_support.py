@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,3 +77,14 @@ def mwl_query(**sps: Any) -> Dataset:
         setattr(item, k, v)
     q.ScheduledProcedureStepSequence = [item]
     return q
+
+
+def dcmtk(tool: str) -> str | None:
+    """Path of DCMTK's ``tool`` binary, or None. pynetdicom installs Python scripts named
+    findscu/echoscu too (they may come first on PATH): only an ELF binary counts."""
+    for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
+        if candidate and os.path.exists(candidate):
+            with open(candidate, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return candidate
+    return None

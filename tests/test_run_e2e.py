@@ -5,24 +5,26 @@ and nothing left running. Skipped until the listener, workers and SCP are merged
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from bridge_process import Run, gone, processes_with_env, wait_for
+from scp_support import dcmtk
 
 pytest.importorskip("bridge.listener")
 pytest.importorskip("bridge.jobs")
 pytest.importorskip("bridge.scp")
 
 SAMPLES = Path(__file__).parent / "samples" / "ops"
+FINDSCU = dcmtk("findscu")
 
 
 def findscu(port: int) -> str:
     out = subprocess.run(
-        ["findscu", "-v", "-W", "-aec", "MWL_BRIDGE", "-aet", "TEST_SCU",
+        [str(FINDSCU), "-v", "-W", "-aec", "MWL_BRIDGE", "-aet", "TEST_SCU",
          "-k", "AccessionNumber", "-k", "PatientID",
          "-k", "ScheduledProcedureStepSequence[0].Modality=CT",
          "-k", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20260705",
@@ -33,7 +35,7 @@ def findscu(port: int) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("findscu") is None, reason="DCMTK not installed")
+@pytest.mark.skipif(FINDSCU is None, reason="DCMTK not installed")
 def test_run_send_find_stop(tmp_path: Path) -> None:
     run = Run(tmp_path, "--workers", "2")
     try:
@@ -48,9 +50,13 @@ def test_run_send_find_stop(tmp_path: Path) -> None:
         assert "MSA-1=AA  MSA-2=OPS0001" in sent.stdout
 
         # The worker maps the order asynchronously: poll until the SCP serves it.
-        assert wait_for(lambda: "[OPSACC1]" in findscu(run.dicom_port), 30, 0.3), run.text()
+        # DCMTK prints values as encoded: SH padded to even length with a space.
+        accession = re.compile(r"\(0008,0050\) SH \[OPSACC1 ?\]")
+        assert wait_for(lambda: accession.search(findscu(run.dicom_port)), 30, 0.3), run.text()
         answer = findscu(run.dicom_port)
-        assert "0xFF00 (Pending)" in answer and "Result: 0x0000 (Success)" in answer
+        assert "Find Response: 1 (Pending)" in answer
+        assert "Find Response: 2" not in answer
+        assert "Received Final Find Response (Success)" in answer
 
         found = subprocess.run(
             [sys.executable, "-m", "bridge", "find", "--json", "--port", str(run.dicom_port),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,22 +11,12 @@ import pydicom
 import pytest
 import redis
 from mwl_items import make_item
+from scp_support import dcmtk
 
 from bridge.keys import Keys
 from bridge.scp import MwlScp
 from bridge.settings import load_settings
 from bridge.store import WorklistStore
-
-
-def dcmtk(tool: str) -> str | None:
-    # pynetdicom installs Python scripts named findscu/echoscu too: prefer DCMTK's.
-    for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
-        if candidate and os.path.exists(candidate):
-            with open(candidate, "rb") as fh:
-                if fh.read(4) == b"\x7fELF":
-                    return candidate
-    return None
-
 
 FINDSCU = dcmtk("findscu")
 ECHOSCU = dcmtk("echoscu")
