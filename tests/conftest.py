@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -14,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from redis_server import RedisServer
 
 from bridge.keys import Keys
+from bridge.scp import MwlScp
 from bridge.settings import RedisSettings, Settings, load_settings
+from bridge.store import WorklistStore
 
 SAMPLES = Path(__file__).parent / "samples"
 
@@ -60,3 +63,27 @@ def settings(redis_url: str) -> Settings:
 @pytest.fixture
 def redis_settings(redis_url: str) -> RedisSettings:
     return RedisSettings(url=redis_url)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
+    return WorklistStore(redis_client, keys)
+
+
+@pytest.fixture
+def start_scp(redis_url: str) -> Iterator[Callable[..., MwlScp]]:
+    """Start in-process SCPs on free ports (``scp.<name>=value`` as keyword arguments,
+    ``url=`` for another Redis); all are stopped after the test."""
+    started: list[MwlScp] = []
+
+    def start(url: str = redis_url, **scp: Any) -> MwlScp:
+        flags = {"redis.url": url, "scp.host": "127.0.0.1", "scp.port": 0}
+        flags.update({f"scp.{k}": v for k, v in scp.items()})
+        server = MwlScp(load_settings(flags, env={}))
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(grace_s=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
+
+from bridge.scp import MwlScp
+
+#: The ``start_scp`` fixture (conftest.py): starts an in-process SCP on a free port.
+StartScp = Callable[..., MwlScp]
 
 
 @dataclass

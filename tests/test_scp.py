@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +21,12 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
 )
 from redis_server import RedisServer
-from scp_support import find, mwl_query, scu
+from scp_support import StartScp, find, mwl_query, scu
 from worker_helpers import run
 
 from bridge.keys import Keys
-from bridge.scp import MwlScp
 from bridge.settings import load_settings
 from bridge.store import WorklistStore
-
-StartScp = Callable[..., MwlScp]
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
-    return WorklistStore(redis_client, keys)
-
-
-@pytest.fixture
-def start_scp(redis_url: str) -> Iterator[StartScp]:
-    started: list[MwlScp] = []
-
-    def start(url: str = redis_url, **scp: Any) -> MwlScp:
-        flags = {"redis.url": url, "scp.host": "127.0.0.1", "scp.port": 0}
-        flags.update({f"scp.{k}": v for k, v in scp.items()})
-        server = MwlScp(load_settings(flags, env={}))
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace_s=0)
 
 
 def keywords(ds: Dataset) -> set[str]:

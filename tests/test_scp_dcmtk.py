@@ -3,48 +3,18 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
-import redis
 from mwl_items import make_item
-from scp_support import dcmtk
+from scp_support import StartScp, dcmtk
 
-from bridge.keys import Keys
-from bridge.scp import MwlScp
-from bridge.settings import load_settings
 from bridge.store import WorklistStore
 
 FINDSCU = dcmtk("findscu")
 ECHOSCU = dcmtk("echoscu")
 pytestmark = pytest.mark.skipif(not (FINDSCU and ECHOSCU), reason="DCMTK not installed")
-
-StartScp = Callable[..., MwlScp]
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
-    return WorklistStore(redis_client, keys)
-
-
-@pytest.fixture
-def start_scp(redis_url: str) -> Iterator[StartScp]:
-    started: list[MwlScp] = []
-
-    def start(**scp: Any) -> MwlScp:
-        flags = {"redis.url": redis_url, "scp.host": "127.0.0.1", "scp.port": 0}
-        flags.update({f"scp.{k}": v for k, v in scp.items()})
-        server = MwlScp(load_settings(flags, env={}))
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace_s=0)
 
 
 def findscu(

@@ -6,24 +6,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from mwl_items import make_item
+from scp_support import StartScp
 
-from bridge.keys import Keys
-from bridge.scp import MwlScp
-from bridge.settings import load_settings
 from bridge.store import WorklistStore
 
 JS_DIR = Path(__file__).parent / "js"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
-
-StartScp = Callable[..., MwlScp]
 
 
 @pytest.fixture(scope="module")
@@ -36,28 +30,6 @@ def js_scu() -> Path:
             [npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300
         )
     return JS_DIR / "worklist_find.js"
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
-    return WorklistStore(redis_client, keys)
-
-
-@pytest.fixture
-def start_scp(redis_url: str) -> Iterator[StartScp]:
-    started: list[MwlScp] = []
-
-    def start(**scp: Any) -> MwlScp:
-        flags = {"redis.url": redis_url, "scp.host": "127.0.0.1", "scp.port": 0}
-        flags.update({f"scp.{k}": v for k, v in scp.items()})
-        server = MwlScp(load_settings(flags, env={}))
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop(grace_s=0)
 
 
 def js_find(script: Path, port: int, query: dict[str, Any], calling: str = "JSSCU") -> Any:

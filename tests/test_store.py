@@ -8,7 +8,6 @@ import pytest
 import redis
 
 from bridge.errors import StoreUnavailable
-from bridge.keys import Keys
 from bridge.store import CandidateQuery, WorklistStore
 from bridge.worklist import SPS, WorklistItem
 
@@ -44,11 +43,6 @@ def make_item(
             ],
         },
     )  # fmt: skip
-
-
-@pytest.fixture
-def store(redis_client: redis.Redis, keys: Keys) -> WorklistStore:
-    return WorklistStore(redis_client, keys)
 
 
 def ids(items) -> set[str]:
