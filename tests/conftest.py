@@ -12,6 +12,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from mllp_harness import mllp  # noqa: F401  (fixture shared by the listener tests)
 from redis_server import RedisServer
 
 from bridge.keys import Keys

@@ -8,9 +8,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bridge.listener import Listener, start
 from bridge.settings import Settings, load_settings
@@ -132,3 +134,30 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.01)
+
+
+StartFn = Callable[..., "ListenerThread"]
+
+
+@pytest.fixture
+def mllp(redis_url: str) -> Iterator[StartFn]:
+    """Start listeners in threads (``mllp.<name>=value`` keyword arguments, ``url=`` for
+    another Redis); all are stopped after the test. Import it into a test module."""
+    started: list[ListenerThread] = []
+
+    def start_listener(url: str | None = None, **mllp_settings: Any) -> ListenerThread:
+        lt = ListenerThread(listener_settings(url or redis_url, **mllp_settings))
+        started.append(lt)
+        return lt
+
+    yield start_listener
+    for lt in started:
+        lt.stop()
+
+
+def msg(control_id: str = "C1", version: str = "2.3", msh_tail: str = "", body: str = "") -> bytes:
+    """A small ORM^O01; ``msh_tail`` is appended after MSH-12 (e.g. ``|||AL|NE``)."""
+    return (
+        f"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705101500||ORM^O01|{control_id}|P|{version}{msh_tail}\r"
+        f"PID|1||P1^^^H^MR||DOE^JANE\rORC|NW|PL{control_id}\rOBR|1|PL{control_id}||CT^CT|{body}\r"
+    ).encode()

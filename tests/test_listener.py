@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 import redis
@@ -17,10 +15,10 @@ from mllp_harness import (
     CR,
     FS,
     VT,
-    ListenerThread,
     MllpClient,
+    StartFn,
     ack_fields,
-    listener_settings,
+    msg,
     sample,
     wait_until,
 )
@@ -33,30 +31,6 @@ from bridge.keys import Keys
 V23 = "mllp_orm_v23_zds.hl7"
 V251 = "mllp_orm_v251_utf8.hl7"
 LATIN1 = "mllp_orm_latin1_no_msh18.hl7"
-
-StartFn = Callable[..., ListenerThread]
-
-
-@pytest.fixture
-def mllp(redis_url: str) -> Iterator[StartFn]:
-    started: list[ListenerThread] = []
-
-    def start(url: str | None = None, **mllp_settings: Any) -> ListenerThread:
-        lt = ListenerThread(listener_settings(url or redis_url, **mllp_settings))
-        started.append(lt)
-        return lt
-
-    yield start
-    for lt in started:
-        lt.stop()
-
-
-def msg(control_id: str = "C1", version: str = "2.3", msh_tail: str = "", body: str = "") -> bytes:
-    """A small ORM^O01; ``msh_tail`` is appended after MSH-12 (e.g. ``|||AL|NE``)."""
-    return (
-        f"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705101500||ORM^O01|{control_id}|P|{version}{msh_tail}\r"
-        f"PID|1||P1^^^H^MR||DOE^JANE\rORC|NW|PL{control_id}\rOBR|1|PL{control_id}||CT^CT|{body}\r"
-    ).encode()
 
 
 def ingest(client: redis.Redis, keys: Keys) -> list[str]:

@@ -15,17 +15,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 from mllp_harness import (
     ListenerThread,
     MllpClient,
+    StartFn,
     ack_fields,
     listener_settings,
+    msg,
     sample,
     wait_until,
 )
@@ -36,29 +36,7 @@ from bridge import deadletter, workers
 from bridge.keys import Keys
 from bridge.settings import Settings
 
-StartFn = Callable[..., ListenerThread]
 V23_SAMPLE = "mllp_orm_v23_zds.hl7"
-
-
-@pytest.fixture
-def mllp(redis_url: str) -> Iterator[StartFn]:
-    started: list[ListenerThread] = []
-
-    def start(url: str | None = None, **mllp_settings: Any) -> ListenerThread:
-        lt = ListenerThread(listener_settings(url or redis_url, **mllp_settings))
-        started.append(lt)
-        return lt
-
-    yield start
-    for lt in started:
-        lt.stop()
-
-
-def msg(control_id: str, version: str = "2.3", msh_tail: str = "") -> bytes:
-    return (
-        f"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705101500||ORM^O01|{control_id}|P|{version}{msh_tail}\r"
-        f"PID|1||P1^^^H^MR||DOE^JANE\rORC|NW|PL{control_id}\rOBR|1|PL{control_id}||CT^CT\r"
-    ).encode()
 
 
 def ids(client: redis.Redis, keys: Keys) -> list[str]:
