@@ -16,6 +16,7 @@ The final Success (0000) is sent by pynetdicom when the generator ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -245,7 +246,8 @@ def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
     handler queues matches faster than they go out, an incoming C-CANCEL-FIND-RQ is
     only read after every queued response was sent and ``is_cancelled`` never sees it
     in time. Waiting for an empty send queue gives the reactor a read turn between
-    responses; it costs little, the reactor paces sending anyway. Without the
+    responses; it costs little, the reactor paces sending anyway. The queue is polled
+    every 0.1 ms: at 0.5 ms the wait itself cost ~10 ms of a 167-match query. Without the
     attribute (another pynetdicom version) this is a no-op.
     """
     queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
@@ -253,7 +255,7 @@ def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
         return
     deadline = time.monotonic() + limit_s
     while queue.qsize() > 0 and event.assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.0005)
+        time.sleep(0.0001)
 
 
 #: Final C-FIND status (hex) → the mwl_cfind_requests label (PS3.4 Table K.4-1 classes).
@@ -286,11 +288,44 @@ def handle_conn_open(event: Any) -> None:
     """
     metrics.ASSOCIATIONS_OPEN.inc()
     try:
-        sock = event.assoc.dul.socket.socket
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _ack_every_read(assoc_socket, sock)
     except (AttributeError, OSError):  # pragma: no cover - other pynetdicom versions
         log.debug("scp.nodelay_unavailable")
+
+
+#: Linux only; elsewhere delayed ACKs stay as the kernel has them.
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _ack_every_read(assoc_socket: Any, sock: socket.socket) -> None:
+    """ACK the peer's data as soon as it is read, not ~40 ms later.
+
+    DCMTK (findscu, echoscu, wlmscu and the many modalities built on it) leaves
+    Nagle's algorithm on and writes a PDU's header and body, or a C-FIND-RQ's command
+    and identifier, in separate writes: the second write waits until we ACK the first.
+    Once a connection has seen a request and a reply, Linux delays that ACK (delayed
+    ACK, 40 ms minimum), so every association paid 40 ms or more of idle time
+    (measured: C-ECHO 75 ms → 25 ms, query (a) at 100k items 163 ms → 118 ms). The
+    kernel resets TCP_QUICKACK by itself, so it is set again after every read; setting
+    it also sends an ACK that is pending. Best effort: ``recv`` is pynetdicom's
+    AssociationSocket method, wrapped on this association's socket only.
+    """
+    if _TCP_QUICKACK is None:
+        return
+    read = assoc_socket.recv
+
+    def recv_and_ack(nr_bytes: int) -> bytearray:
+        data = read(nr_bytes)
+        # A closing socket may refuse the option; the read's result is what matters.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return data
+
+    assoc_socket.recv = recv_and_ack
 
 
 def handle_echo(event: Any) -> int:

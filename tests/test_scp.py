@@ -531,6 +531,37 @@ def test_nagle_is_off_on_association_sockets(start_scp: StartScp) -> None:
         assoc.release()
 
 
+def test_peer_with_nagle_on_does_not_wait_for_our_delayed_ack(
+    start_scp: StartScp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DCMTK's echoscu (Nagle on, PDU header and body written separately): without the
+    ACK after each read every association pays Linux's delayed ACK (≥ 40 ms)."""
+    import subprocess
+
+    from scp_support import dcmtk
+
+    from bridge import handlers
+
+    echoscu = dcmtk("echoscu")
+    if echoscu is None:
+        pytest.skip("DCMTK echoscu not installed")
+
+    def fastest_echo_ms(port: int) -> float:
+        samples = []
+        for _ in range(5):
+            started = time.perf_counter()
+            subprocess.run([echoscu, "127.0.0.1", str(port)], check=True, timeout=10)
+            samples.append((time.perf_counter() - started) * 1000)
+        return min(samples)
+
+    ours_ms = fastest_echo_ms(start_scp().port)
+    monkeypatch.setattr(handlers, "_TCP_QUICKACK", None)
+    delayed_ms = fastest_echo_ms(start_scp().port)
+    if delayed_ms < 40:
+        pytest.skip(f"this kernel does not delay the ACK ({delayed_ms:.0f} ms without)")
+    assert ours_ms < delayed_ms - 25, (ours_ms, delayed_ms)
+
+
 # -- metrics ----------------------------------------------------------------------------
 
 
