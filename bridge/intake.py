@@ -33,6 +33,8 @@ from bridge.keys import Keys
 from bridge.msh import Msh
 
 JOB_FUNC = "bridge.jobs.process_message"
+#: rq job id of a message = this prefix + the message id (workers batch on it).
+JOB_ID_PREFIX = "msg-"
 RETRY_INTERVALS_S = [1, 5, 15, 30, 60]
 RESULT_TTL_S = 3600
 FAILURE_TTL_S = 7 * 86400
@@ -160,7 +162,7 @@ def submit(
                     queue.enqueue_call(
                         JOB_FUNC,
                         args=(message_id,),
-                        job_id=f"msg-{message_id}",
+                        job_id=f"{JOB_ID_PREFIX}{message_id}",
                         retry=Retry(max=max_retries, interval=RETRY_INTERVALS_S),
                         result_ttl=RESULT_TTL_S,
                         failure_ttl=FAILURE_TTL_S,

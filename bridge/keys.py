@@ -35,6 +35,11 @@ class Keys:
         """String (JSON): the mapped operations of a parsed message awaiting its turn."""
         return f"{self.prefix}:parsed:{message_id}"
 
+    def batch(self, leader_id: str) -> str:
+        """List: the message ids a job took from behind its own (``worker.batch_size``);
+        kept until their outcomes are stored, so a re-run or the recovery finds them."""
+        return f"{self.prefix}:batch:{leader_id}"
+
     def result(self, message_id: str) -> str:
         """List: the worker pushes the application outcome here (``--ack-mode application``)."""
         return f"{self.prefix}:result:{message_id}"

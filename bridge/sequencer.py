@@ -34,10 +34,13 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from rq.job import Job
+from rq.queue import Queue
 
 from bridge import deadletter, metrics
 from bridge.codes import Hl7Error
 from bridge.errors import PermanentError, StoreUnavailable, TransientError
+from bridge.intake import JOB_ID_PREFIX
 from bridge.keys import Keys
 from bridge.lifecycle import Planner
 from bridge.logs import fields, log_failure
@@ -48,11 +51,15 @@ from bridge.store import APPLY_BATCH_LUA_FUNCTION, WorklistStore, batch_json
 log = logging.getLogger(__name__)
 
 RESULT_TTL_S = 120
+#: A batch record outlives any retry cycle of its job; the stuck-head recovery reads it.
+BATCH_TTL_S = 7 * 24 * 3600
 
-# Store a parsed outcome (optional), then take the apply lock only if there is something
-# to apply, in one round trip (one fsync with appendfsync always).
-# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message id or '', doc,
-# message key prefix. Returns {acquired, head or false, parsed doc or false, seq}.
+# Store parsed outcomes (any number, each SET NX) and drop the batch record they came
+# from, then take the apply lock only if there is something to apply, in one round trip
+# (one fsync with appendfsync always).
+# KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message key prefix,
+# batch key or '', then message id + doc pairs. Returns {acquired, head or false, parsed
+# doc or false, seq}.
 # Not acquired when the line is empty or its head is not parsed yet: the head's own job
 # applies it (and then ours) when it stores its outcome — this script is atomic, so that
 # later call sees our outcome — or the stuck-head recovery does. Taking and releasing the
@@ -60,15 +67,43 @@ RESULT_TTL_S = 120
 # The one exception: a head whose message hash is gone will never be parsed; the lock is
 # taken so that the caller pops it.
 _ACQUIRE_LUA = """
-if ARGV[4] ~= '' then redis.call('SET', ARGV[3] .. ARGV[4], ARGV[5], 'NX') end
+for i = 6, #ARGV, 2 do redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1], 'NX') end
+if ARGV[5] ~= '' then redis.call('DEL', ARGV[5]) end
 local head = redis.call('LINDEX', KEYS[2], 0)
 if not head then return {0, false, false, 0} end
 local doc = redis.call('GET', ARGV[3] .. head)
-if not doc and redis.call('EXISTS', ARGV[6] .. head) == 1 then return {0, head, false, 0} end
+if not doc and redis.call('EXISTS', ARGV[4] .. head) == 1 then return {0, head, false, 0} end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
 local seq = 0
 if doc then seq = redis.call('INCR', KEYS[3]) end
 return {1, head, doc, seq}
+"""
+# Take the jobs queued right behind ours (rq job ids ``msg-<message id>``, oldest first,
+# up to ARGV[1]) off the rq queue and delete them: this job parses their messages. Their
+# ids go to the batch list (kept until the outcomes are stored, so a re-run or the
+# stuck-head recovery finds them) and each message hash notes its leader. Stops at the
+# first job that is not a message job; our own job, when called outside rq, just goes.
+# KEYS: rq queue, batch list. ARGV: max, rq job key
+# prefix, job id prefix, message key prefix, leader id, batch ttl s. Returns {existed
+# before, the batch list}.
+_CLAIM_LUA = """
+local existed = redis.call('EXISTS', KEYS[2])
+for i = 1, tonumber(ARGV[1]) do
+  local jid = redis.call('LINDEX', KEYS[1], 0)
+  if not jid or string.sub(jid, 1, #ARGV[3]) ~= ARGV[3] then break end
+  redis.call('LPOP', KEYS[1])
+  redis.call('DEL', ARGV[2] .. jid)
+  local mid = string.sub(jid, #ARGV[3] + 1)
+  if mid ~= ARGV[5] then
+    redis.call('RPUSH', KEYS[2], mid)
+    if redis.call('EXISTS', ARGV[4] .. mid) == 1 then
+      redis.call('HSET', ARGV[4] .. mid, 'leader', ARGV[5])
+    end
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {existed, {}} end
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return {existed, redis.call('LRANGE', KEYS[2], 0, -1)}
 """
 # Release the lock if still ours, then report whether the head is parsed (lost wake-up).
 # KEYS: lock, ingest. ARGV: token, parsed key prefix.
@@ -160,24 +195,78 @@ class Sequencer:
         self._acquire = client.register_script(_ACQUIRE_LUA)
         self._release_peek = client.register_script(_RELEASE_PEEK_LUA)
         self._finalize = client.register_script(_FINALIZE_LUA)
+        self._claim_script = client.register_script(_CLAIM_LUA)
+        self._rq_queue_key = Queue.redis_queue_namespace_prefix + keys.queue_name()
+        self._rq_job_prefix = Job.redis_job_namespace_prefix
 
     # -- parse (parallel) ----------------------------------------------------------------
     def process(self, message_id: str) -> str:
-        """Parse+map one message if not done yet, then apply whatever is in line."""
+        """Parse+map this message and the ones queued right behind it (up to
+        ``worker.batch_size`` in all), then apply whatever is in line; returns this
+        message's outcome.
+
+        A fresh batch stores all its outcomes in one round trip after the last parse. A
+        batch that was taken before and did not finish (a re-run after the worker died
+        or Redis failed) goes one message at a time, each outcome stored before the next
+        parse, so one message that kills its worker cannot make the others wait.
+        """
         try:
-            outcome, doc = self._parse_once(message_id)
-            self.drain((message_id, doc) if doc else None)
+            existed, taken = self._claim(message_id)
+            ids = [message_id, *(m for m in taken if m != message_id)]
+            batch_key = self.keys.batch(message_id) if taken else ""
+            if existed:
+                return self._process_each(ids, batch_key)[0]
+            reads = self._read(ids)
+            outcomes, docs = [], []
+            for mid, (parsed, raw_meta) in zip(ids, reads, strict=True):
+                outcome, doc = self._parse_read(mid, parsed, raw_meta)
+                outcomes.append(outcome)
+                if doc:
+                    docs.append((mid, doc))
+            self.drain(docs, batch_key)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis failed while processing a message: {exc}") from exc
-        return outcome
+        if len(ids) > 1:
+            log.debug("batch.done", extra=fields(message_id=message_id, messages=len(ids)))
+        return outcomes[0]
 
-    def _parse_once(self, message_id: str) -> tuple[str, str]:
-        """(outcome, parsed JSON to store or "" when nothing new was parsed)."""
-        k = self.keys
+    def _process_each(self, ids: list[str], batch_key: str = "") -> list[str]:
+        """Parse, store and apply one message after the other (the safe, slow path)."""
+        outcomes = []
+        for n, mid in enumerate(ids):
+            [(parsed, raw_meta)] = self._read([mid])
+            outcome, doc = self._parse_read(mid, parsed, raw_meta)
+            outcomes.append(outcome)
+            last = n == len(ids) - 1
+            self.drain([(mid, doc)] if doc else [], batch_key if last else "")
+        return outcomes
+
+    def _claim(self, leader: str) -> tuple[bool, list[str]]:
+        """(whether a batch record existed already, the batch's message ids)."""
+        if self.settings.batch_size <= 1:
+            return False, []  # one message per job: no round trip for batches
+        existed, taken = self._claim_script(
+            keys=[self._rq_queue_key, self.keys.batch(leader)],
+            args=[
+                max(0, self.settings.batch_size - 1), self._rq_job_prefix, JOB_ID_PREFIX,
+                self.keys.message(""), leader, BATCH_TTL_S,
+            ],
+        )  # fmt: skip
+        return bool(existed), [m.decode() for m in taken]
+
+    def _read(self, ids: list[str]) -> list[tuple[int, dict[bytes, bytes]]]:
+        """(parsed outcome exists, message hash) per id, in one round trip."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.exists(k.parsed(message_id))
-        pipe.hgetall(k.message(message_id))
-        parsed, raw_meta = pipe.execute()
+        for mid in ids:
+            pipe.exists(self.keys.parsed(mid))
+            pipe.hgetall(self.keys.message(mid))
+        replies = pipe.execute()
+        return list(zip(replies[::2], replies[1::2], strict=True))
+
+    def _parse_read(
+        self, message_id: str, parsed: int, raw_meta: dict[bytes, bytes]
+    ) -> tuple[str, str]:
+        """(outcome, parsed JSON to store or "" when nothing new was parsed)."""
         if parsed:
             return "already_parsed", ""
         if not raw_meta:
@@ -280,9 +369,10 @@ class Sequencer:
         pipe.execute()
 
     # -- apply (serial, in ACK order) ----------------------------------------------------
-    def drain(self, store: tuple[str, str] | None = None) -> int:
-        """Store ``(message_id, parsed JSON)`` if given, then apply every parsed message
-        at the head of the line; returns how many were applied.
+    def drain(self, store: list[tuple[str, str]] | None = None, batch_key: str = "") -> int:
+        """Store the ``(message_id, parsed JSON)`` outcomes given and delete the batch
+        record they came from, then apply every parsed message at the head of the line;
+        returns how many were applied.
 
         Round trips (write ones fsync with appendfsync always) per applied message: the
         planner's reads and one fenced finalize script that writes the items and the
@@ -295,12 +385,12 @@ class Sequencer:
         prefix = k.parsed("")
         while True:
             token = uuid.uuid4().hex
-            mid, doc_json = store or ("", "")
-            store = None
+            pairs = [part for mid_doc in store or () for part in mid_doc]
             acquired, head_raw, doc, seq = self._acquire(
                 keys=[k.apply_lock, k.ingest_order, k.sequence],
-                args=[token, lock_ms, prefix, mid, doc_json, k.message("")],
+                args=[token, lock_ms, prefix, k.message(""), batch_key, *pairs],
             )
+            store, batch_key = None, ""
             if not acquired:
                 return applied  # the holder checks the head again before it releases
             held = True
@@ -422,5 +512,14 @@ class Sequencer:
         # Counted before the attempt: a message that kills its worker every time must
         # still reach max_retries and be dead-lettered, or it blocks every later order.
         self.r.hincrby(k.message(head), "recoveries", 1)
-        self.process(head)
+        # The head's batch (its own, or the one of the job that took it) comes along, one
+        # message at a time: those messages have no job of their own any more, and each
+        # would otherwise wait stuck_head_s in turn.
+        leader = (self.r.hget(k.message(head), "leader") or b"").decode() or head
+        batch_key = k.batch(leader)
+        taken = [m.decode() for m in self.r.lrange(batch_key, 0, -1)]
+        try:
+            self._process_each([head, *(m for m in taken if m != head)], batch_key)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"redis failed while recovering the head: {exc}") from exc
         return "reprocessed"

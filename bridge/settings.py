@@ -133,6 +133,9 @@ class WorkerSettings:
     #: rq worker class: ``simple`` runs jobs in the worker process (rq's fork per job
     #: roughly halves throughput); ``fork`` isolates each job in a work horse process.
     worker_class: str = field(default="simple", metadata=_choices("fork", "simple"))
+    #: Messages one job parses at most: a job also takes the jobs queued right behind it
+    #: (rq's per-job bookkeeping is paid once per batch). 1 = one message per job.
+    batch_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -305,9 +308,11 @@ def _validate(key: str, value: Any) -> None:
     counted = ("_s", "_bytes", "max_connections", "max_associations", "max_results", "workers")
     if key.endswith(counted) and value < 0:
         raise ConfigError(key, f"{value} must not be negative")
-    if key in ("mllp.max_frame_bytes", "mllp.max_connections", "scp.max_associations") and (
-        value < 1
-    ):
+    at_least_one = (
+        "mllp.max_frame_bytes", "mllp.max_connections", "scp.max_associations",
+        "worker.batch_size",
+    )  # fmt: skip
+    if key in at_least_one and value < 1:
         raise ConfigError(key, f"{value} must be at least 1")
     if key == "scp.ae_title" and (not value.strip() or len(value) > 16 or "\\" in value):
         raise ConfigError(key, f"{value!r} is not a DICOM AE title (1-16 chars, no '\\')")

@@ -27,7 +27,7 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now as rq_now
 from rq.worker import BaseWorker, WorkerStatus
 
-from bridge import hl7in, localzone
+from bridge import hl7apy_speedups, hl7in, localzone
 from bridge.connections import sync_client
 from bridge.errors import ConfigError
 from bridge.keys import Keys
@@ -67,6 +67,7 @@ _CONTEXT: WorkerContext | None = None
 def install(settings: Settings, client: redis.Redis | None = None) -> WorkerContext:
     """Build the process-wide context (call once per worker process, before forking)."""
     global _CONTEXT
+    hl7apy_speedups.install()
     if not settings.redis.url and client is None:
         raise ConfigError("redis.url", "the worker needs a Redis URL (or run mwl-bridge run)")
     client = client or sync_client(settings.redis)
