@@ -121,6 +121,10 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+#: worker.batch_size for the worker processes (0: the default).
+BATCH_SIZE = 0
+
+
 def run_workers(
     url: str, raws: list[bytes], n_workers: int, worker_class: str, redis_pid: int = 0
 ) -> tuple[float, float, float, float]:
@@ -135,6 +139,8 @@ def run_workers(
     total = len(raws)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MWL_BRIDGE_")}
     env.update(PYTHONPATH=str(ROOT), MWL_BRIDGE_WORKER_WORKER_CLASS=worker_class)
+    if BATCH_SIZE:
+        env["MWL_BRIDGE_WORKER_BATCH_SIZE"] = str(BATCH_SIZE)
     cpu0 = _children_cpu_s()
     redis0 = _proc_cpu_s(redis_pid) if redis_pid else 0.0
     procs = [
@@ -198,7 +204,10 @@ def main() -> None:
         "--appendfsync", default="always", choices=["always", "everysec"],
         help="Redis AOF fsync policy (production: always; everysec isolates disk contention)",
     )  # fmt: skip
+    ap.add_argument("--batch-size", type=int, default=0, help="worker.batch_size (0: default)")
     args = ap.parse_args()
+    global BATCH_SIZE
+    BATCH_SIZE = args.batch_size
     raws = messages(args.messages)
     server = RedisServer(appendfsync=args.appendfsync)
     server.start()
@@ -206,6 +215,7 @@ def main() -> None:
     print(
         f"messages: {len(raws)} ORM^O01 v2.5.1, {size} bytes each; "
         f"worker class {args.worker_class}; appendfsync {args.appendfsync}; "
+        f"batch size {args.batch_size or 'default'}; "
         f"nproc {os.cpu_count()}"
     )
     ratios1: list[float] = []

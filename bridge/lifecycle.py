@@ -59,6 +59,9 @@ class Plan:
     #: order hash key → (fields, ttl seconds or 0)
     order_states: dict[str, tuple[dict[str, str], int]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
+    #: Every order name (alias or canonical) the plan read or wrote: two plans whose sets
+    #: are disjoint can be made from the same Redis state and written one after the other.
+    orders: set[str] = field(default_factory=set)
 
 
 def retention_s(settings: WorkerSettings, status: str) -> int:
@@ -92,8 +95,11 @@ class Planner:
         self.store = store
         self.settings = settings
         self._ids: dict[str, list[str]] = {}
+        #: alias → (order hash, item ids) read before the plans of a run (read_ahead).
+        self._read_ahead: dict[str, tuple[dict[bytes, bytes], list[str]]] = {}
 
     def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
+        """What ``result`` changes; reads Redis (or what read_ahead read), writes nothing."""
         plan = Plan()
         # Item ids per order key, read with the order states (one round trip); nothing is
         # written while a plan is made, so they stay valid for the whole message.
@@ -109,6 +115,8 @@ class Planner:
                 canonical, state = self._resolve(aliases)
             for alias in aliases:
                 alias_map[alias] = canonical
+            plan.orders.update(aliases)
+            plan.orders.add(canonical)
             states[canonical] = state
             known = bool(state) or self._has_items(plan, canonical)
             self._group(plan, group, canonical, state, known, now, seq)
@@ -127,16 +135,33 @@ class Planner:
                         plan.order_states[self.keys.order(alias)] = ({"canonical": canonical}, ttl)
         return plan
 
-    def _resolve(self, aliases: list[str]) -> tuple[str, dict[str, str]]:
-        """(canonical order key, its state) for the first alias already known."""
+    def read_ahead(self, results: list[MappingResult]) -> None:
+        """Read the state and item ids of every order these messages name, in one round
+        trip, for the plans that follow. Valid only until something is written: the
+        sequencer calls it for each run it plans, before the run's single write."""
+        self._read_ahead = {}
+        names = {a for r in results for g in r.groups for a in order_aliases(r.sender, g)}
+        if names:
+            self.read_ahead_of(sorted(names))
+
+    def read_ahead_of(self, aliases: list[str]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for alias in aliases:
             pipe.hgetall(self.keys.order(alias))
             pipe.smembers(self.keys.index("order", alias))
         replies = pipe.execute()
-        for alias, ids in zip(aliases, replies[1::2], strict=True):
-            self._ids[alias] = sorted(m.decode() for m in ids)
-        for alias, data in zip(aliases, replies[0::2], strict=True):
+        for alias, data, ids in zip(aliases, replies[0::2], replies[1::2], strict=True):
+            self._read_ahead[alias] = (data, sorted(m.decode() for m in ids))
+
+    def _resolve(self, aliases: list[str]) -> tuple[str, dict[str, str]]:
+        """(canonical order key, its state) for the first alias already known."""
+        missing = [a for a in aliases if a not in self._read_ahead]
+        if missing:
+            self.read_ahead_of(missing)
+        datas = [self._read_ahead[a][0] for a in aliases]
+        for alias in aliases:
+            self._ids[alias] = self._read_ahead[alias][1]
+        for alias, data in zip(aliases, datas, strict=True):
             if data:
                 text = {k.decode(): v.decode() for k, v in data.items()}
                 canonical = text.get("canonical", alias)
@@ -149,16 +174,22 @@ class Planner:
         # No state hash (expired under an older release, or lost): the store's order index
         # still knows the order while it has items.
         for alias in aliases:
-            ids = self.store.ids_for("order", alias)
+            ids = self._order_ids(alias)
             if ids:
                 held = any(it.hidden for it in self.store.load(ids))
                 return alias, {"canonical": alias, "hidden": "1" if held else ""}
         return aliases[0], {}
 
+    def _order_ids(self, order: str) -> list[str]:
+        """Item ids of an order, from the ones read with the order states when possible
+        (a round trip per call otherwise; three per new order before)."""
+        cached = self._ids.get(order)
+        return cached if cached is not None else self.store.ids_for("order", order)
+
     def _has_items(self, plan: Plan, canonical: str) -> bool:
         # Staged items first: a NW/XO answers without a Redis round trip.
         return any(it.order_key == canonical for it in plan.upserts.values()) or bool(
-            self.store.ids_for("order", canonical)
+            self._order_ids(canonical)
         )
 
     def _pair(
@@ -192,8 +223,7 @@ class Planner:
         return out
 
     def _items_of(self, plan: Plan, canonical: str) -> list[WorklistItem]:
-        cached = self._ids.get(canonical)
-        ids = set(cached if cached is not None else self.store.ids_for("order", canonical))
+        ids = set(self._order_ids(canonical))
         ids |= {i for i, it in plan.upserts.items() if it.order_key == canonical}
         staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
         stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,13 +37,15 @@ from typing import Any
 import redis
 from rq.job import Job
 from rq.queue import Queue
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from bridge import deadletter, metrics
+from bridge.applier import BackgroundApplier
 from bridge.codes import Hl7Error
 from bridge.errors import PermanentError, StoreUnavailable, TransientError
 from bridge.intake import JOB_ID_PREFIX
 from bridge.keys import Keys
-from bridge.lifecycle import Planner
+from bridge.lifecycle import Planner, order_aliases
 from bridge.logs import fields, log_failure
 from bridge.mapping.apply import MappingResult
 from bridge.settings import WorkerSettings
@@ -54,41 +57,63 @@ RESULT_TTL_S = 120
 #: A batch record outlives any retry cycle of its job; the stuck-head recovery reads it.
 BATCH_TTL_S = 7 * 24 * 3600
 
+# The parsed messages at the head of the line, in order, up to a limit: a run the lock
+# holder plans and writes in one go. Consumes one ingest sequence number per message.
+_PARSED_RUN_LUA_FUNCTION = """
+local function parsed_run(ingest, seq_key, parsed_prefix, limit)
+  local run = {}
+  for _, h in ipairs(redis.call('LRANGE', ingest, 0, limit - 1)) do
+    local d = redis.call('GET', parsed_prefix .. h)
+    if not d then break end
+    run[#run + 1] = h
+    run[#run + 1] = d
+  end
+  if #run == 0 then return run, 0 end
+  return run, redis.call('INCRBY', seq_key, #run / 2) - #run / 2 + 1
+end
+"""
 # Store parsed outcomes (any number, each SET NX) and drop the batch record they came
 # from, then take the apply lock only if there is something to apply, in one round trip
 # (one fsync with appendfsync always).
 # KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message key prefix,
-# batch key or '', then message id + doc pairs. Returns {acquired, head or false, parsed
-# doc or false, seq}.
+# batch key or '', run limit, then message id + doc pairs. Returns {acquired, head or
+# false, run (head, doc, head, doc, ...), seq of the run's first message}.
 # Not acquired when the line is empty or its head is not parsed yet: the head's own job
 # applies it (and then ours) when it stores its outcome — this script is atomic, so that
 # later call sees our outcome — or the stuck-head recovery does. Taking and releasing the
 # lock there would cost two more fsync'ed round trips per message with several workers.
 # The one exception: a head whose message hash is gone will never be parsed; the lock is
-# taken so that the caller pops it.
-_ACQUIRE_LUA = """
-for i = 6, #ARGV, 2 do redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1], 'NX') end
+# taken (with an empty run) so that the caller pops it.
+_ACQUIRE_LUA = (
+    _PARSED_RUN_LUA_FUNCTION
+    + """
+for i = 7, #ARGV, 2 do redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1], 'NX') end
 if ARGV[5] ~= '' then redis.call('DEL', ARGV[5]) end
 local head = redis.call('LINDEX', KEYS[2], 0)
-if not head then return {0, false, false, 0} end
-local doc = redis.call('GET', ARGV[3] .. head)
-if not doc and redis.call('EXISTS', ARGV[4] .. head) == 1 then return {0, head, false, 0} end
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, false, 0} end
-local seq = 0
-if doc then seq = redis.call('INCR', KEYS[3]) end
-return {1, head, doc, seq}
+if not head then return {0, false, {}, 0} end
+local parsed = redis.call('EXISTS', ARGV[3] .. head) == 1
+if not parsed and redis.call('EXISTS', ARGV[4] .. head) == 1 then return {0, head, {}, 0} end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {0, false, {}, 0} end
+if not parsed then return {1, head, {}, 0} end
+local run, seq = parsed_run(KEYS[2], KEYS[3], ARGV[3], tonumber(ARGV[6]))
+return {1, head, run, seq}
 """
+)
 # Take the jobs queued right behind ours (rq job ids ``msg-<message id>``, oldest first,
 # up to ARGV[1]) off the rq queue and delete them: this job parses their messages. Their
 # ids go to the batch list (kept until the outcomes are stored, so a re-run or the
 # stuck-head recovery finds them) and each message hash notes its leader. Stops at the
 # first job that is not a message job; our own job, when called outside rq, just goes.
-# KEYS: rq queue, batch list. ARGV: max, rq job key
+# Takes at most the queue's length divided by the workers registered on the queue.
+# KEYS: rq queue, batch list, rq's workers-of-the-queue set. ARGV: max, rq job key
 # prefix, job id prefix, message key prefix, leader id, batch ttl s. Returns {existed
 # before, the batch list}.
 _CLAIM_LUA = """
 local existed = redis.call('EXISTS', KEYS[2])
-for i = 1, tonumber(ARGV[1]) do
+-- A fair share of the backlog, so that the other workers are not left idle.
+local workers = math.max(1, redis.call('SCARD', KEYS[3]))
+local take = math.min(tonumber(ARGV[1]), math.floor(redis.call('LLEN', KEYS[1]) / workers))
+for i = 1, take do
   local jid = redis.call('LINDEX', KEYS[1], 0)
   if not jid or string.sub(jid, 1, #ARGV[3]) ~= ARGV[3] then break end
   redis.call('LPOP', KEYS[1])
@@ -113,49 +138,58 @@ local head = redis.call('LINDEX', KEYS[2], 0)
 if not head then return 0 end
 return redis.call('EXISTS', ARGV[2] .. head)
 """
-# The items of the message, the order states and the pop in one fenced script: one round
-# trip (one fsync) per applied message, and no window in which the items are written but
-# the head is not popped.
-# KEYS: lock, ingest, parsed(head), message(head), seq, idx:start, expiry, then the order
-# state keys. ARGV: token, head, message retention s, lock ttl ms, parsed key prefix,
-# item batch (store.batch_json) or '', then per state key: json fields, ttl. Returns
-# {status, next head or false, its doc or false, seq}: status 1 = the next head is parsed
-# (lock renewed), 2 = lock released, <0 = nothing written.
+# The items, order states and pops of a run of messages in one fenced script: one round
+# trip (one fsync) per run, and no window in which items are written but their message
+# is still in line. KEYS: lock, ingest, seq, idx:start, expiry. ARGV: token, message
+# retention s, lock ttl ms, parsed key prefix, message key prefix, run limit, the run
+# as JSON [{"h": message id, "s": [[order key, {field: value}, ttl], ...]}, ...], then
+# one item batch (store.batch_json) or '' per message. Returns {status, next head or
+# false, next run, its seq}: status 1 = the next run is parsed (lock renewed), 2 = lock
+# released, <0 = nothing written.
 _FINALIZE_LUA = (
     APPLY_BATCH_LUA_FUNCTION
+    + _PARSED_RUN_LUA_FUNCTION
     + """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, false, false, 0} end
-if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[2] then return {-2, false, false, 0} end
-if ARGV[6] ~= '' then apply_batch(KEYS[6], KEYS[7], ARGV[6]) end
-redis.call('LPOP', KEYS[2])
-redis.call('DEL', KEYS[3])
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('HSET', KEYS[4], 'state', 'applied')
-  redis.call('EXPIRE', KEYS[4], ARGV[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, false, {}, 0} end
+local entries = cjson.decode(ARGV[7])
+local heads = redis.call('LRANGE', KEYS[2], 0, #entries - 1)
+for i, e in ipairs(entries) do
+  if heads[i] ~= e.h then return {-2, false, {}, 0} end
 end
-for i = 8, #KEYS do
-  local a = 7 + (i - 8) * 2
-  local data = cjson.decode(ARGV[a])
-  for k, v in pairs(data) do redis.call('HSET', KEYS[i], k, v) end
-  local ttl = tonumber(ARGV[a + 1])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('PERSIST', KEYS[i]) end
+for i, e in ipairs(entries) do
+  if ARGV[7 + i] ~= '' then apply_batch(KEYS[4], KEYS[5], ARGV[7 + i]) end
+  redis.call('LPOP', KEYS[2])
+  redis.call('DEL', ARGV[4] .. e.h)
+  if redis.call('EXISTS', ARGV[5] .. e.h) == 1 then
+    redis.call('HSET', ARGV[5] .. e.h, 'state', 'applied')
+    redis.call('EXPIRE', ARGV[5] .. e.h, ARGV[2])
+  end
+  for _, st in ipairs(e.s) do
+    for k, v in pairs(st[2]) do redis.call('HSET', st[1], k, v) end
+    if st[3] > 0 then redis.call('EXPIRE', st[1], st[3]) else redis.call('PERSIST', st[1]) end
+  end
 end
-local head = redis.call('LINDEX', KEYS[2], 0)
-local doc = false
-if head then doc = redis.call('GET', ARGV[5] .. head) end
-if not doc then
+local run, seq = parsed_run(KEYS[2], KEYS[3], ARGV[4], tonumber(ARGV[6]))
+if #run == 0 then
   -- Nothing more to apply: release here, atomically with the check, so a worker that
   -- stores an outcome after this script finds the lock free (no lost wake-up).
   redis.call('DEL', KEYS[1])
-  return {2, head, false, 0}
+  return {2, redis.call('LINDEX', KEYS[2], 0) or false, {}, 0}
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return {1, head, doc, redis.call('INCR', KEYS[5])}
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, false, run, seq}
 """
 )
+#: Messages one finalize script writes at most (their outcomes travel in its reply).
+APPLY_RUN = 32
 
 #: parse(message_id, hash fields) → MappingResult; raises PermanentError / TransientError.
 ParseFn = Callable[[str, dict[str, Any]], MappingResult]
+
+
+def _order_names(result: MappingResult) -> set[str]:
+    """The order aliases a mapped message names (before any lookup)."""
+    return {a for group in result.groups for a in order_aliases(result.sender, group)}
 
 
 class LockLost(TransientError):
@@ -198,6 +232,9 @@ class Sequencer:
         self._claim_script = client.register_script(_CLAIM_LUA)
         self._rq_queue_key = Queue.redis_queue_namespace_prefix + keys.queue_name()
         self._rq_job_prefix = Job.redis_job_namespace_prefix
+        self._rq_workers_key = WORKERS_BY_QUEUE_KEY % keys.queue_name()
+        self.applier: BackgroundApplier | None = None
+        self._drain_lock = threading.Lock()
 
     # -- parse (parallel) ----------------------------------------------------------------
     def process(self, message_id: str) -> str:
@@ -223,7 +260,10 @@ class Sequencer:
                 outcomes.append(outcome)
                 if doc:
                     docs.append((mid, doc))
-            self.drain(docs, batch_key)
+            if self.applier is not None:
+                self.applier.submit(docs, batch_key)
+            else:
+                self.drain(docs, batch_key)
         except redis.RedisError as exc:
             raise StoreUnavailable(f"redis failed while processing a message: {exc}") from exc
         if len(ids) > 1:
@@ -246,7 +286,7 @@ class Sequencer:
         if self.settings.batch_size <= 1:
             return False, []  # one message per job: no round trip for batches
         existed, taken = self._claim_script(
-            keys=[self._rq_queue_key, self.keys.batch(leader)],
+            keys=[self._rq_queue_key, self.keys.batch(leader), self._rq_workers_key],
             args=[
                 max(0, self.settings.batch_size - 1), self._rq_job_prefix, JOB_ID_PREFIX,
                 self.keys.message(""), leader, BATCH_TTL_S,
@@ -369,16 +409,35 @@ class Sequencer:
         pipe.execute()
 
     # -- apply (serial, in ACK order) ----------------------------------------------------
+    def apply_in_background(self) -> None:
+        """From now on a fresh batch's outcomes are stored and applied by a thread while
+        the worker goes on parsing (the ``worker`` verb; see :mod:`bridge.applier`)."""
+        if self.applier is None:
+            self.applier = BackgroundApplier(self.drain)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Apply what the background thread still holds, then stop it."""
+        applier, self.applier = self.applier, None
+        if applier is not None and not applier.close(timeout_s):
+            log.warning("apply.background_unfinished", extra=fields(timeout_s=timeout_s))
+
     def drain(self, store: list[tuple[str, str]] | None = None, batch_key: str = "") -> int:
         """Store the ``(message_id, parsed JSON)`` outcomes given and delete the batch
         record they came from, then apply every parsed message at the head of the line;
-        returns how many were applied.
+        returns how many were applied. One thread of a process at a time (the planner
+        keeps per-run state): the background applier and the maintenance step's
+        recovery may both call it.
 
-        Round trips (write ones fsync with appendfsync always) per applied message: the
-        planner's reads and one fenced finalize script that writes the items and the
-        order states, pops the head and either hands back the next parsed head (lock
-        renewed) or releases.
+        The lock holder gets the parsed messages at the head as a run (up to
+        ``APPLY_RUN``), plans them against the order states (the planner's reads) and
+        writes them with one fenced finalize script (items, order states, pops), which
+        hands back the next run (lock renewed) or releases. One write round trip — one
+        fsync with appendfsync always — per run instead of per message.
         """
+        with self._drain_lock:
+            return self._drain(store, batch_key)
+
+    def _drain(self, store: list[tuple[str, str]] | None, batch_key: str) -> int:
         k = self.keys
         applied = 0
         lock_ms = int(self.settings.apply_lock_ttl_s * 1000)
@@ -386,32 +445,31 @@ class Sequencer:
         while True:
             token = uuid.uuid4().hex
             pairs = [part for mid_doc in store or () for part in mid_doc]
-            acquired, head_raw, doc, seq = self._acquire(
+            acquired, head_raw, run, seq = self._acquire(
                 keys=[k.apply_lock, k.ingest_order, k.sequence],
-                args=[token, lock_ms, prefix, k.message(""), batch_key, *pairs],
+                args=[token, lock_ms, prefix, k.message(""), batch_key, APPLY_RUN, *pairs],
             )
             store, batch_key = None, ""
             if not acquired:
                 return applied  # the holder checks the head again before it releases
             held = True
             try:
-                while head_raw and doc:
-                    head = head_raw.decode()
-                    batch, states = self._plan(head, doc, int(seq))
-                    status, head_raw, doc, seq = self._finish(head, token, batch, states, lock_ms)
-                    applied += 1
+                while True:
+                    if run:
+                        entries, batches = self._plan_run(run, int(seq))
+                    elif held and head_raw and not self.r.exists(k.message(head_raw.decode())):
+                        # Nothing will ever parse it: log loudly and move on.
+                        head = head_raw.decode()
+                        log.error("head.message_missing", extra=fields(message_id=head))
+                        entries, batches = [{"h": head, "s": []}], [""]
+                    else:
+                        break
+                    status, head_raw, run, seq = self._finish_run(entries, batches, token, lock_ms)
+                    if status > 0:
+                        applied += len(entries)
                     held = status != 2  # 2 = released by the finalize script
-                if (
-                    held
-                    and head_raw
-                    and not doc
-                    and not self.r.exists(k.message(head_raw.decode()))
-                ):
-                    # Nothing will ever parse it: log loudly and move on.
-                    log.error("head.message_missing", extra=fields(message_id=head_raw.decode()))
-                    status, _, _, _ = self._finish(head_raw.decode(), token, "", {}, lock_ms)
-                    held = status != 2  # 2 = released by the finalize script
-                    continue
+                    if status < 0:
+                        break
             except LockLost:
                 log.warning("apply.lock_lost")
                 return applied
@@ -427,63 +485,87 @@ class Sequencer:
             if not again:
                 return applied
 
-    def _plan(
-        self, head: str, doc_raw: bytes, seq: int
-    ) -> tuple[str, dict[str, tuple[dict[str, str], int]]]:
-        """(item batch for the finalize script or "", order states) of the head."""
+    def _plan_run(self, run: list[bytes], seq: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """Plan the longest prefix of ``run`` (head, doc, head, doc, ...) whose messages
+        touch disjoint orders — each plan reads Redis as it is before the run is written,
+        so a message of an order planned earlier in the run waits for the next run —
+        returning the finalize script's entries and item batches."""
+        entries: list[dict[str, Any]] = []
+        batches: list[str] = []
+        taken: set[str] = set()
+        outcomes = [(run[n].decode(), self._outcome(run[n].decode(), run[n + 1]))
+                    for n in range(0, len(run), 2)]  # fmt: skip
+        # One round trip for the order states of the whole run (each plan read its own).
+        self.planner.read_ahead([r for _, r in outcomes if r is not None])
+        for n, (head, result) in enumerate(outcomes):
+            if entries and result is not None and _order_names(result) & taken:
+                break
+            batch, states, orders = self._plan(head, result, seq + n)
+            if entries and orders & taken:
+                # Aliases that resolve to an order planned earlier (e.g. placer only,
+                # then filler only): plan it again in the next run, on the new state.
+                break
+            taken |= orders
+            entries.append({"h": head, "s": [[key, d, ttl] for key, (d, ttl) in states.items()]})
+            batches.append(batch)
+        self.planner.read_ahead([])  # stale once the run is written
+        return entries, batches
+
+    def _outcome(self, head: str, doc_raw: bytes) -> MappingResult | None:
+        """The mapped order of a parsed outcome; None for a rejection or an unreadable one
+        (dead-lettered here: one bad outcome must not block every later order)."""
         try:
             doc = json.loads(doc_raw)
             if doc.get("kind") != "ops":
-                return "", {}
-            result = MappingResult.from_dict(doc["result"])
+                return None
+            return MappingResult.from_dict(doc["result"])
+        except Exception as exc:
+            self._apply_failed(head, exc)
+            return None
+
+    def _plan(
+        self, head: str, result: MappingResult | None, seq: int
+    ) -> tuple[str, dict[str, tuple[dict[str, str], int]], set[str]]:
+        """(item batch for the finalize script or "", order states, order names)."""
+        if result is None:
+            return "", {}, set()
+        try:
             plan = self.planner.plan(result, time.time(), seq)
             batch = batch_json(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
-            return batch or "", plan.order_states
+            return batch or "", plan.order_states, plan.orders
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:
-            # Never let one bad outcome block every later order: dead-letter and advance.
-            log_failure(log, "apply.failed", exc, message_id=head)
-            meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
-            text_meta = {
-                key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"
-            }
-            self._reject(
-                head,
-                meta,
-                text_meta,
-                Hl7Error.INTERNAL_ERROR,
-                "",
-                "could not apply the mapped order",
-            )
-            return "", {}
+            self._apply_failed(head, exc)
+            return "", {}, set()
 
-    def _finish(
-        self,
-        head: str,
-        token: str,
-        batch: str,
-        states: dict[str, tuple[dict[str, str], int]],
-        lock_ms: int,
-    ) -> tuple[int, Any, Any, Any]:
-        """Write the items, the order states and pop the head (fenced, one script);
-        returns (status, next head, its parsed doc, seq)."""
+    def _apply_failed(self, head: str, exc: Exception) -> None:
+        """Never let one bad outcome block every later order: dead-letter and advance."""
+        log_failure(log, "apply.failed", exc, message_id=head)
+        meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
+        text_meta = {key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"}
+        self._reject(
+            head, meta, text_meta, Hl7Error.INTERNAL_ERROR, "", "could not apply the mapped order"
+        )
+
+    def _finish_run(
+        self, entries: list[dict[str, Any]], batches: list[str], token: str, lock_ms: int
+    ) -> tuple[int, Any, list[bytes], Any]:
+        """Write the run's items and order states and pop its messages (fenced, one
+        script); returns (status, next head, next run, its seq)."""
         k = self.keys
-        keys = [
-            k.apply_lock, k.ingest_order, k.parsed(head), k.message(head), k.sequence,
-            k.index_start, k.expiry, *states,
-        ]  # fmt: skip
-        args: list[Any] = [
-            token, head, self.settings.processed_retention_s, lock_ms, k.parsed(""), batch,
-        ]  # fmt: skip
-        for data, ttl in states.values():
-            args.extend([json.dumps(data, ensure_ascii=False), ttl])
-        status, nxt, doc, seq = self._finalize(keys=keys, args=args)
+        status, nxt, run, seq = self._finalize(
+            keys=[k.apply_lock, k.ingest_order, k.sequence, k.index_start, k.expiry],
+            args=[
+                token, self.settings.processed_retention_s, lock_ms, k.parsed(""),
+                k.message(""), APPLY_RUN, json.dumps(entries, ensure_ascii=False), *batches,
+            ],
+        )  # fmt: skip
         if status == -1:
             raise LockLost("apply lock lost before finalize")
         if status == -2:
-            log.warning("apply.head_moved", extra=fields(message_id=head))
-        return int(status), nxt, doc, seq
+            log.warning("apply.head_moved", extra=fields(message_id=entries[0]["h"]))
+        return int(status), nxt, run, seq
 
     # -- crash recovery ----------------------------------------------------------------
     def recover(self, now: float | None = None) -> str:

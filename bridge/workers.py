@@ -273,14 +273,19 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
         ),
     )
     runtime = RoleRuntime.start(settings, "worker")  # heartbeat, /metrics, /readyz
+    if isinstance(worker, BridgeSimpleWorker):
+        # Not with fork: a work horse would not inherit the thread.
+        ctx.sequencer.apply_in_background()
     try:
         # with_scheduler: rq puts a retry with a backoff interval in its
         # ScheduledJobRegistry, and only a worker running the scheduler moves it back.
         worker.work(
             burst=bool(args.burst), logging_level=settings.obs.log_level, with_scheduler=True
         )
+        ctx.sequencer.close()  # what the background thread holds is applied first
         if args.burst:
             maintenance(ctx)
     finally:
+        ctx.sequencer.close()
         runtime.stop()
     return 0

@@ -339,8 +339,10 @@ def _map_item(ctx: _Ctx, sender: str, order_id: str, require: bool) -> MappedIte
     defaults: dict[str, Any] = {}
     missing = ""
     generated: list[tuple[Rule, str]] = []
-    for rule in (*ctx.mapping.rules, *ctx.mapping.sps_rules):
-        in_sps = rule in ctx.mapping.sps_rules
+    # (in_sps, rule) pairs: testing ``rule in sps_rules`` compared dataclasses field by
+    # field, ~20 % of the mapping time.
+    ordered = [(False, r) for r in ctx.mapping.rules] + [(True, r) for r in ctx.mapping.sps_rules]
+    for in_sps, rule in ordered:
         key = f"SPS.{rule.keyword}" if in_sps else rule.keyword
         target = sps if in_sps else attrs
         value = _evaluate(ctx, rule)
