@@ -7,17 +7,20 @@ is the one sequence of truth.
 
 How (details and the failure analysis in ``docs/workers.md``):
 
-1. :meth:`Sequencer.process` parses and maps (the expensive, parallel part) and stores
-   the outcome as JSON in ``parsed:<id>`` (``SET NX``: a re-run never replaces it). A
-   permanent failure stores a ``rejected`` outcome, so the line still advances.
+1. :meth:`Sequencer.process` takes the jobs queued behind its own (a batch, up to
+   ``worker.batch_size``), parses and maps the messages (the expensive, parallel part)
+   and stores the outcomes as JSON in ``parsed:<id>`` (``SET NX``: a re-run never
+   replaces one). A permanent failure stores a ``rejected`` outcome, so the line still
+   advances.
 2. :meth:`Sequencer.drain` takes ``apply_lock`` (``SET NX PX`` with a random token) if
    the *head* of ``ingest_order`` has a parsed outcome (else the head's own job, or the
-   recovery, applies the line later) and, while the head has one, plans it against the
-   order state, then — fenced by the lock token, in one script — writes all items of the
-   message, the order state, pops the head and deletes ``parsed:<id>`` (all or
-   nothing). It releases the lock only if it still holds the
-   token, then re-checks the head: a worker that stored its outcome while we held the
-   lock found the lock busy and left, so the holder must look again (no lost wake-up).
+   recovery, applies the line later) and, while the head has one, plans the run of
+   parsed messages at the head against the order states, then — fenced by the lock
+   token, in one script — writes all their items and order states, pops them and
+   deletes their ``parsed:<id>`` (all or nothing). It releases the lock only if it
+   still holds the token, then re-checks the head: a worker that stored its outcome
+   while we held the lock found the lock busy and left, so the holder must look again
+   (no lost wake-up).
 3. A worker that dies mid-parse leaves the head unparsed. rq would re-run its job only
    after the job heartbeat expires (~90 s) plus a maintenance pass; instead every worker's
    maintenance step (:meth:`Sequencer.recover`, every ``worker.maintenance_interval_s``)
