@@ -66,7 +66,10 @@ def test_outcomes_lost_by_the_thread_are_recovered(
 ) -> None:
     """The job finished, the thread could not store the batch: the messages are still in
     line and the stuck-head recovery carries the whole batch (its record names it)."""
-    mids = [submit(redis_client, settings, orm(placer=f"T{i}", filler=f"TF{i}").encode()) for i in range(4)]
+    mids = [
+        submit(redis_client, settings, orm(placer=f"T{i}", filler=f"TF{i}").encode())
+        for i in range(4)
+    ]
     ctx = workers.install(settings, redis_client)
     seq = ctx.sequencer
     real_drain = seq.drain

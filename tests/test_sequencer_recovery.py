@@ -92,7 +92,9 @@ def test_rerun_of_an_unfinished_batch_goes_one_message_at_a_time(redis_client, r
     each outcome before the next parse."""
     s = load_settings({"redis.url": redis_url}, env={})
     keys = Keys(s.redis.key_prefix)
-    mids = [submit(redis_client, s, orm(placer=f"RR{i}", filler=f"RRF{i}").encode()) for i in range(3)]
+    mids = [
+        submit(redis_client, s, orm(placer=f"RR{i}", filler=f"RRF{i}").encode()) for i in range(3)
+    ]
     ctx = workers.install(s, redis_client)
     real_parse = ctx.sequencer.parse_fn
     seen: list[str] = []
