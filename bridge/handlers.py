@@ -26,7 +26,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from bridge import metrics
+from bridge import find_sender, metrics
 from bridge.codes import CFindStatus
 from bridge.errors import StoreUnavailable
 from bridge.logs import fields, log_failure
@@ -280,7 +280,8 @@ def handle_conn_close(event: Any) -> None:
 
 
 def handle_conn_open(event: Any) -> None:
-    """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket.
+    """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket, ACK
+    every read at once, send Pending C-FIND responses through bridge.find_sender.
 
     pynetdicom writes a C-FIND-RSP as two small PDUs (command, then identifier); with
     Nagle on, the second waits for the peer's delayed ACK (~40 ms on Linux) — a stall
@@ -293,6 +294,7 @@ def handle_conn_open(event: Any) -> None:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _ack_every_read(assoc_socket, sock)
+        find_sender.install(event.assoc)
     except (AttributeError, OSError):  # pragma: no cover - other pynetdicom versions
         log.debug("scp.nodelay_unavailable")
 

@@ -49,8 +49,11 @@ def find(
     calling: str = "MODALITY1",
     called: str = "MWL_BRIDGE",
     explicit_only: bool = False,
+    max_pdu: int = 16382,
 ) -> FindResult:
-    assoc = scu(calling, explicit_only).associate("127.0.0.1", port, ae_title=called)
+    assoc = scu(calling, explicit_only).associate(
+        "127.0.0.1", port, ae_title=called, max_pdu=max_pdu
+    )
     assert assoc.is_established, "association failed"
     statuses: list[int] = []
     identifiers: list[Dataset] = []
