@@ -135,7 +135,7 @@ class WorkerSettings:
     worker_class: str = field(default="simple", metadata=_choices("fork", "simple"))
     #: Messages one job parses at most: a job also takes the jobs queued right behind it
     #: (rq's per-job bookkeeping is paid once per batch). 1 = one message per job.
-    batch_size: int = 32
+    batch_size: int = 64
 
 
 @dataclass(frozen=True)
