@@ -360,6 +360,7 @@ def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         "queue": {
             "name": queue.name,
             "depth": queue.count,
+            "backlog": client.llen(keys.ingest_order),
             "started": StartedJobRegistry(queue=queue).get_job_count(cleanup=False),
             "failed": FailedJobRegistry(queue=queue).get_job_count(cleanup=False),
         },
@@ -382,7 +383,7 @@ def _status_text(url: str, st: dict[str, Any]) -> str:
     lines = [
         f"Redis        {mask_url(url)}",
         f"Queue        {q['name']}: {q['depth']} waiting, {q['started']} running, "
-        f"{q['failed']} failed",
+        f"{q['failed']} failed; {q['backlog']} messages not yet applied",
         f"Workers      {len(st['workers'])} alive"
         + "".join(f"\n             {w['name']} ({w['state']})" for w in st["workers"]),
     ]

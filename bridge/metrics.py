@@ -192,6 +192,14 @@ class RedisCollector(Collector):
         depth.add_metric([name], queue.count)
         yield depth
 
+        # With batches a job stands for up to worker.batch_size messages, so the queue
+        # depth undercounts the work; the ingest line is what still waits to be applied.
+        backlog = GaugeMetricFamily(
+            "mwl_ingest_backlog", "Accepted (ACKed) messages not yet applied, in ACK order."
+        )
+        backlog.add_metric([], self._r.llen(self._keys.ingest_order))
+        yield backlog
+
         jobs = GaugeMetricFamily(
             "mwl_rq_jobs", "rq jobs by registry state.", labels=["queue", "state"]
         )

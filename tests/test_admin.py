@@ -178,7 +178,9 @@ def test_status(data, redis_client, keys, redis_url, capsys) -> None:
     code, out, _ = run(capsys, "status", "--redis-url", redis_url, "--json")
     assert code == 0
     st = json.loads(out)
-    assert st["queue"] == {"name": "mwl-ingest", "depth": 1, "started": 0, "failed": 0}
+    assert st["queue"] == {
+        "name": "mwl-ingest", "depth": 1, "started": 0, "failed": 0, "backlog": 0
+    }  # fmt: skip
     assert st["workers"] == []
     assert st["instances"] == ["scp:host1-42"]
     assert st["items"] == {"total": 4, "by_status": {"SCHEDULED": 3, "COMPLETED": 1}}

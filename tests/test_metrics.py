@@ -87,6 +87,7 @@ def test_metrics_after_traffic(server, redis_client: redis.Redis, keys: Keys) ->
     q = Queue(keys.queue_name(), connection=redis_client)
     q.enqueue("builtins.len", "abc")
     q.enqueue("builtins.len", "de")
+    redis_client.rpush(keys.ingest_order, "m1", "m2", "m3")
 
     status, text = get(base + "/metrics")
     # The gauge is process-wide: undo the fake association, or a later test that waits
@@ -103,6 +104,7 @@ def test_metrics_after_traffic(server, redis_client: redis.Redis, keys: Keys) ->
     assert got[("mwl_associations_open", ())] >= 1
     assert got[("mwl_redis_up", ())] == 1
     assert got[("mwl_queue_depth", (("queue", "mwl-ingest"),))] == 2
+    assert got[("mwl_ingest_backlog", ())] == 3
     assert got[("mwl_rq_jobs", (("queue", "mwl-ingest"), ("state", "failed")))] == 0
     assert got[("mwl_workers_alive", (("queue", "mwl-ingest"),))] == 0
     assert got[("mwl_worklist_items", (("status", "SCHEDULED"),))] == 2
