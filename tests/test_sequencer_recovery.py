@@ -14,6 +14,19 @@ from bridge.keys import Keys
 from bridge.settings import load_settings
 
 
+def _dies_parsing(ctx: workers.WorkerContext, poison: str) -> None:
+    """Parsing ``poison`` kills the worker (SystemExit stands for an OOM kill or a
+    segfault); every other message parses as usual."""
+    real_parse = ctx.sequencer.parse_fn
+
+    def dies(message_id, meta):
+        if message_id == poison:
+            raise SystemExit("worker died")
+        return real_parse(message_id, meta)
+
+    ctx.sequencer.parse_fn = dies
+
+
 def test_poison_message_is_dead_lettered_after_max_retries_recoveries(
     redis_client, redis_url
 ) -> None:
@@ -22,14 +35,7 @@ def test_poison_message_is_dead_lettered_after_max_retries_recoveries(
     poison = submit(redis_client, s, orm(control_id="POISON").encode())
     after = submit(redis_client, s, orm(control_id="NEXT", placer="ORD2").encode())
     ctx = workers.install(s, redis_client)
-    real_parse = ctx.sequencer.parse_fn
-
-    def dies(message_id, meta):
-        if message_id == poison:
-            raise SystemExit("worker died")  # stands for an OOM kill or a segfault
-        return real_parse(message_id, meta)
-
-    ctx.sequencer.parse_fn = dies
+    _dies_parsing(ctx, poison)
     t0 = time.time()
     for n in range(12):  # bounded: watching + waiting + one attempt per recovery
         if redis_client.lindex(keys.ingest_order, 0) != poison.encode():
@@ -56,14 +62,7 @@ def test_poison_message_inside_a_batch_costs_only_itself(redis_client, redis_url
     poison = submit(redis_client, s, orm(control_id="POISON", placer="ORDX").encode())
     follower = submit(redis_client, s, orm(control_id="FOLLOW", placer="ORDF").encode())
     ctx = workers.install(s, redis_client)
-    real_parse = ctx.sequencer.parse_fn
-
-    def dies(message_id, meta):
-        if message_id == poison:
-            raise SystemExit("worker died")  # stands for an OOM kill or a segfault
-        return real_parse(message_id, meta)
-
-    ctx.sequencer.parse_fn = dies
+    _dies_parsing(ctx, poison)
     with contextlib.suppress(SystemExit):
         ctx.sequencer.process(lead)
     assert redis_client.llen(keys.ingest_order) == 3  # nothing stored: the batch died
