@@ -38,7 +38,9 @@ def install(assoc: Any) -> None:
     cached: dict[tuple[Any, ...], bytes] = {}
 
     def send_msg(primitive: Any, context_id: int) -> None:
-        if not _pending_find_response(primitive) or _observed(assoc):
+        max_pdu = dimse.maximum_pdu_size
+        if not _pending_find_response(primitive) or _observed(assoc) or 0 < max_pdu < 7:
+            # (A peer maximum PDU of 1-6 bytes cannot carry a PDV: pynetdicom refuses it.)
             pynetdicom_send(primitive, context_id)
             return
         key = (
@@ -54,7 +56,6 @@ def install(assoc: Any) -> None:
             command = encode(message.command_set, True, True)
             cached.clear()  # one query at a time per association
             cached[key] = command
-        max_pdu = dimse.maximum_pdu_size
         for data, more, last in (
             (command, b"\x01", b"\x03"),
             (primitive.Identifier.getvalue(), b"\x00", b"\x02"),

@@ -75,7 +75,8 @@ local function parsed_run(ingest, seq_key, parsed_prefix, limit)
   return run, redis.call('INCRBY', seq_key, #run / 2) - #run / 2 + 1
 end
 """
-# Store parsed outcomes (any number, each SET NX) and drop the batch record they came
+# Store parsed outcomes (any number, each SET NX, only for messages not applied yet) and
+# drop the batch record they came
 # from, then take the apply lock only if there is something to apply, in one round trip
 # (one fsync with appendfsync always).
 # KEYS: lock, ingest, seq. ARGV: token, ttl ms, parsed key prefix, message key prefix,
@@ -90,7 +91,14 @@ end
 _ACQUIRE_LUA = (
     _PARSED_RUN_LUA_FUNCTION
     + """
-for i = 7, #ARGV, 2 do redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1], 'NX') end
+for i = 7, #ARGV, 2 do
+  -- Not for a message applied meanwhile (a slow batch, the recovery was first): its
+  -- outcome would never be read or deleted.
+  local msg = ARGV[4] .. ARGV[i]
+  if redis.call('EXISTS', msg) == 1 and redis.call('HGET', msg, 'state') ~= 'applied' then
+    redis.call('SET', ARGV[3] .. ARGV[i], ARGV[i + 1], 'NX')
+  end
+end
 if ARGV[5] ~= '' then redis.call('DEL', ARGV[5]) end
 local head = redis.call('LINDEX', KEYS[2], 0)
 if not head then return {0, false, {}, 0} end
@@ -108,9 +116,10 @@ return {1, head, run, seq}
 # stuck-head recovery finds them) and each message hash notes its leader. Stops at the
 # first job that is not a message job; our own job, when called outside rq, just goes.
 # Takes at most the queue's length divided by the workers registered on the queue.
+# Stops, too, at the re-queued job of a message that leads an unfinished batch.
 # KEYS: rq queue, batch list, rq's workers-of-the-queue set. ARGV: max, rq job key
-# prefix, job id prefix, message key prefix, leader id, batch ttl s. Returns {existed
-# before, the batch list}.
+# prefix, job id prefix, message key prefix, leader id, batch ttl s, batch key prefix.
+# Returns {existed before, the batch list}.
 _CLAIM_LUA = """
 local existed = redis.call('EXISTS', KEYS[2])
 -- A fair share of the backlog, so that the other workers are not left idle.
@@ -119,9 +128,11 @@ local take = math.min(tonumber(ARGV[1]), math.floor(redis.call('LLEN', KEYS[1]) 
 for i = 1, take do
   local jid = redis.call('LINDEX', KEYS[1], 0)
   if not jid or string.sub(jid, 1, #ARGV[3]) ~= ARGV[3] then break end
+  local mid = string.sub(jid, #ARGV[3] + 1)
+  -- The re-queued job of another batch's leader: its own run must carry that batch.
+  if mid ~= ARGV[5] and redis.call('EXISTS', ARGV[7] .. mid) == 1 then break end
   redis.call('LPOP', KEYS[1])
   redis.call('DEL', ARGV[2] .. jid)
-  local mid = string.sub(jid, #ARGV[3] + 1)
   if mid ~= ARGV[5] then
     redis.call('RPUSH', KEYS[2], mid)
     if redis.call('EXISTS', ARGV[4] .. mid) == 1 then
@@ -188,6 +199,18 @@ APPLY_RUN = 32
 
 #: parse(message_id, hash fields) → MappingResult; raises PermanentError / TransientError.
 ParseFn = Callable[[str, dict[str, Any]], MappingResult]
+
+
+def _decode_outcome(doc_raw: bytes) -> MappingResult | Exception | None:
+    """The mapped order of a stored outcome; None for a rejection; the exception for an
+    unreadable one (the caller dead-letters it when its turn comes)."""
+    try:
+        doc = json.loads(doc_raw)
+        if doc.get("kind") != "ops":
+            return None
+        return MappingResult.from_dict(doc["result"])
+    except Exception as exc:
+        return exc
 
 
 def _order_names(result: MappingResult) -> set[str]:
@@ -292,7 +315,7 @@ class Sequencer:
             keys=[self._rq_queue_key, self.keys.batch(leader), self._rq_workers_key],
             args=[
                 max(0, self.settings.batch_size - 1), self._rq_job_prefix, JOB_ID_PREFIX,
-                self.keys.message(""), leader, BATCH_TTL_S,
+                self.keys.message(""), leader, BATCH_TTL_S, self.keys.batch(""),
             ],
         )  # fmt: skip
         return bool(existed), [m.decode() for m in taken]
@@ -496,35 +519,30 @@ class Sequencer:
         entries: list[dict[str, Any]] = []
         batches: list[str] = []
         taken: set[str] = set()
-        outcomes = [(run[n].decode(), self._outcome(run[n].decode(), run[n + 1]))
-                    for n in range(0, len(run), 2)]  # fmt: skip
+        outcomes = [(run[n].decode(), _decode_outcome(run[n + 1])) for n in range(0, len(run), 2)]
         # One round trip for the order states of the whole run (each plan read its own).
-        self.planner.read_ahead([r for _, r in outcomes if r is not None])
-        for n, (head, result) in enumerate(outcomes):
-            if entries and result is not None and _order_names(result) & taken:
-                break
-            batch, states, orders = self._plan(head, result, seq + n)
-            if entries and orders & taken:
-                # Aliases that resolve to an order planned earlier (e.g. placer only,
-                # then filler only): plan it again in the next run, on the new state.
-                break
-            taken |= orders
-            entries.append({"h": head, "s": [[key, d, ttl] for key, (d, ttl) in states.items()]})
-            batches.append(batch)
-        self.planner.read_ahead([])  # stale once the run is written
-        return entries, batches
-
-    def _outcome(self, head: str, doc_raw: bytes) -> MappingResult | None:
-        """The mapped order of a parsed outcome; None for a rejection or an unreadable one
-        (dead-lettered here: one bad outcome must not block every later order)."""
+        self.planner.read_ahead([r for _, r in outcomes if isinstance(r, MappingResult)])
         try:
-            doc = json.loads(doc_raw)
-            if doc.get("kind") != "ops":
-                return None
-            return MappingResult.from_dict(doc["result"])
-        except Exception as exc:
-            self._apply_failed(head, exc)
-            return None
+            for n, (head, decoded) in enumerate(outcomes):
+                result = decoded if isinstance(decoded, MappingResult) else None
+                if entries and result is not None and _order_names(result) & taken:
+                    break
+                if isinstance(decoded, Exception):
+                    self._apply_failed(head, decoded)  # dead-lettered, then popped
+                batch, states, orders = self._plan(head, result, seq + n)
+                if entries and orders & taken:
+                    # Aliases that resolve to an order planned earlier (e.g. placer only,
+                    # then filler only): plan it again in the next run, on the new state
+                    # (the planner's log lines for it then appear twice).
+                    break
+                taken |= orders
+                entries.append(
+                    {"h": head, "s": [[key, d, ttl] for key, (d, ttl) in states.items()]}
+                )
+                batches.append(batch)
+        finally:
+            self.planner.read_ahead([])  # stale once the run is written
+        return entries, batches
 
     def _plan(
         self, head: str, result: MappingResult | None, seq: int

@@ -12,6 +12,7 @@ import redis
 from intake_helpers import submit
 from orm_builder import orm
 
+from bridge import applier as applier_module
 from bridge import workers
 from bridge.applier import BackgroundApplier
 from bridge.keys import Keys
@@ -41,14 +42,39 @@ def test_batches_are_applied_in_submission_order_and_close_flushes() -> None:
     assert [outcomes[0][0] for outcomes, _ in seen] == ["a", "b", "c"]
 
 
-def test_a_failing_batch_is_logged_and_the_next_one_still_applied(
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(applier_module, "RETRY_FIRST_S", 0.01)
+
+
+def test_a_redis_error_is_retried_until_the_batch_is_applied(
+    caplog: pytest.LogCaptureFixture, quick_retries: None
+) -> None:
+    attempts: list[str] = []
+
+    def drain(outcomes: list[tuple[str, str]], batch_key: str) -> int:
+        attempts.append(outcomes[0][0])
+        if len(attempts) <= 2:
+            raise redis.ConnectionError("simulated: redis gone")
+        return 1
+
+    applier = BackgroundApplier(drain)
+    with caplog.at_level(logging.WARNING, logger="bridge.applier"):
+        applier.submit([("a", "{}")], "batch:a")
+        applier.submit([("b", "{}")], "")
+        assert applier.close(5)
+    assert attempts == ["a", "a", "a", "b"]
+    assert [r.getMessage() for r in caplog.records] == ["apply.background_retry"] * 2
+
+
+def test_a_bug_is_logged_not_retried_and_the_next_batch_still_applied(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     done: list[str] = []
 
     def drain(outcomes: list[tuple[str, str]], batch_key: str) -> int:
         if outcomes[0][0] == "bad":
-            raise redis.ConnectionError("simulated: redis gone")
+            raise ValueError("simulated bug")
         done.append(outcomes[0][0])
         return 1
 
@@ -56,16 +82,17 @@ def test_a_failing_batch_is_logged_and_the_next_one_still_applied(
     with caplog.at_level(logging.ERROR, logger="bridge.applier"):
         applier.submit([("bad", "{}")], "")
         applier.submit([("good", "{}")], "")
-        assert applier.close(5)
+        assert not applier.close(5)  # "bad" is left to the stuck-head recovery
     assert done == ["good"]
     assert [r.getMessage() for r in caplog.records] == ["apply.background_failed"]
 
 
 def test_outcomes_lost_by_the_thread_are_recovered(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, quick_retries: None
 ) -> None:
-    """The job finished, the thread could not store the batch: the messages are still in
-    line and the stuck-head recovery carries the whole batch (its record names it)."""
+    """The job finished, the thread could not store the batch before the worker stopped
+    (Redis down until then): the messages are still in line and the stuck-head recovery
+    carries the whole batch (its record names it)."""
     mids = [
         submit(redis_client, settings, orm(placer=f"T{i}", filler=f"TF{i}").encode())
         for i in range(4)
@@ -73,21 +100,19 @@ def test_outcomes_lost_by_the_thread_are_recovered(
     ctx = workers.install(settings, redis_client)
     seq = ctx.sequencer
     real_drain = seq.drain
-    calls = 0
 
-    def drain_once_failing(store=None, batch_key=""):  # type: ignore[no-untyped-def]
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise redis.ConnectionError("simulated: redis gone before the outcomes were stored")
-        return real_drain(store, batch_key)
+    def redis_down(store=None, batch_key=""):  # type: ignore[no-untyped-def]
+        raise redis.ConnectionError("simulated: redis gone before the outcomes were stored")
 
-    seq.drain = drain_once_failing  # type: ignore[method-assign]
+    seq.drain = redis_down  # type: ignore[method-assign]
     seq.apply_in_background()
     assert seq.process(mids[0]) == "parsed"  # the job is done ...
-    seq.close(5)
+    assert seq.applier is not None
+    assert not seq.applier.close(0.5)  # ... the worker stops while Redis is still down
+    seq.applier = None
+    seq.drain = real_drain  # type: ignore[method-assign]
     keys = Keys()
-    assert redis_client.llen(keys.ingest_order) == 4  # ... but nothing was applied
+    assert redis_client.llen(keys.ingest_order) == 4  # nothing was applied
     assert redis_client.exists(keys.batch(mids[0]))
     now = time.time()
     for n in range(3):  # watching, then stuck: reprocessed with its batch

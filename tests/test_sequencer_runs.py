@@ -63,3 +63,33 @@ def test_a_message_of_an_order_planned_in_the_run_waits_for_the_next_run(
     assert [it.status for it in cancelled] == ["CANCELED"]
     state = redis_client.hgetall(Keys().order(cancelled[0].order_key))
     assert state[b"final"] == b"CANCELED"
+
+
+def test_a_batch_does_not_take_the_requeued_job_of_another_batchs_leader(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """rq re-queued leader A's job (its batch record still names A's followers): a batch
+    that took A would carry A alone and leave A's followers to the stuck-head recovery."""
+    from rq import Queue
+
+    lead = submit(redis_client, settings, orm(placer="L1", filler="").encode())
+    other = submit(redis_client, settings, orm(placer="A1", filler="").encode())
+    keys = Keys()
+    redis_client.rpush(keys.batch(other), "follower-of-a")
+    ctx = workers.install(settings, redis_client)
+    ctx.sequencer.process(lead)
+    assert Queue(keys.queue_name(), connection=redis_client).job_ids == [f"msg-{other}"]
+    assert not redis_client.exists(keys.batch(lead))
+    assert redis_client.hget(keys.message(other), "leader") is None
+
+
+def test_an_outcome_for_a_message_applied_meanwhile_is_not_stored(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    mid = submit(redis_client, settings, orm(placer="S1", filler="").encode())
+    ctx = workers.install(settings, redis_client)
+    ctx.sequencer.process(mid)
+    keys = Keys()
+    assert redis_client.hget(keys.message(mid), "state") == b"applied"
+    ctx.sequencer.drain([(mid, '{"kind": "rejected"}')])  # a slow batch arriving late
+    assert not redis_client.exists(keys.parsed(mid))
