@@ -59,9 +59,18 @@ class Plan:
     #: order hash key → (fields, ttl seconds or 0)
     order_states: dict[str, tuple[dict[str, str], int]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
+    #: (level, event, extra) log records, emitted by the sequencer once the plan is
+    #: written (a plan may be dropped and made again on newer state; see emit_logs).
+    logs: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     #: Every order name (alias or canonical) the plan read or wrote: two plans whose sets
     #: are disjoint can be made from the same Redis state and written one after the other.
     orders: set[str] = field(default_factory=set)
+
+
+def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
+    """Log what a written plan did (``Plan.logs``): only then is it true."""
+    for level, event, extra in records:
+        log.log(level, event, extra=extra)
 
 
 def retention_s(settings: WorkerSettings, status: str) -> int:
@@ -242,18 +251,19 @@ class Planner:
         action, status = group.action, group.status
         event = fields(action=action, control=group.control, order_status=group.order_status)
         if action == "ignore":
-            log.info("order.ignored", extra=event)
+            plan.logs.append((logging.INFO, "order.ignored", event))
             plan.events.append("ignored")
             return
         if state.get("final"):
             # A final order never comes back: a late or repeated message must not resurrect it.
-            log.warning(
-                "order.already_final", extra=fields(**event["fields"], final=state["final"])
-            )
+            plan.logs.append(
+                (logging.WARNING, "order.already_final",
+                 fields(**event["fields"], final=state["final"]))
+            )  # fmt: skip
             plan.events.append("already_final")
             return
         if action != "create" and not known:
-            log.warning("order.unknown", extra=event)
+            plan.logs.append((logging.WARNING, "order.unknown", event))
             plan.events.append("unknown_order")
             return
         existing = self._items_of(plan, canonical)
@@ -271,7 +281,10 @@ class Planner:
                     # A new procedure of a held order is held like the rest of it.
                     item.hidden = state.get("hidden") == "1"
                 else:
-                    log.warning("order.update_incomplete_item", extra=fields(missing=mi.missing))
+                    plan.logs.append(
+                        (logging.WARNING, "order.update_incomplete_item",
+                         fields(missing=mi.missing))
+                    )  # fmt: skip
                     continue
                 item.extra["obr"] = n
                 if status:
@@ -316,7 +329,10 @@ class Planner:
             it.updated_at = now
             plan.upserts[it.item_id] = it
             plan.expire_at[it.item_id] = now + retention_s(self.settings, it.status)
-            log.info("order.procedure_dropped", extra=fields(**event["fields"], item=it.item_id))
+            plan.logs.append(
+                (logging.INFO, "order.procedure_dropped",
+                 fields(**event["fields"], item=it.item_id))
+            )  # fmt: skip
         state["canonical"] = canonical
         state["last_control"] = group.control
         if status:
@@ -325,7 +341,9 @@ class Planner:
             state["final"] = status
         if action in ("hide", "show"):
             state["hidden"] = "1" if action == "hide" else ""
-        log.info("order.applied", extra=fields(**event["fields"], items=len(touched)))
+        plan.logs.append(
+            (logging.INFO, "order.applied", fields(**event["fields"], items=len(touched)))
+        )
 
 
 def _blank(keyword: str) -> Any:

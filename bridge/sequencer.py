@@ -48,7 +48,7 @@ from bridge.codes import Hl7Error
 from bridge.errors import PermanentError, StoreUnavailable, TransientError
 from bridge.intake import JOB_ID_PREFIX
 from bridge.keys import Keys
-from bridge.lifecycle import Planner, order_aliases
+from bridge.lifecycle import Planner, emit_logs, order_aliases
 from bridge.logs import fields, log_failure
 from bridge.mapping.apply import MappingResult
 from bridge.settings import WorkerSettings
@@ -482,17 +482,19 @@ class Sequencer:
             try:
                 while True:
                     if run:
-                        entries, batches = self._plan_run(run, int(seq))
+                        entries, batches, logs = self._plan_run(run, int(seq))
                     elif held and head_raw and not self.r.exists(k.message(head_raw.decode())):
                         # Nothing will ever parse it: log loudly and move on.
                         head = head_raw.decode()
                         log.error("head.message_missing", extra=fields(message_id=head))
-                        entries, batches = [{"h": head, "s": []}], [""]
+                        entries, batches, logs = [{"h": head, "s": []}], [""], []
                     else:
                         break
                     status, head_raw, run, seq = self._finish_run(entries, batches, token, lock_ms)
                     if status > 0:
                         applied += len(entries)
+                        for records in logs:
+                            emit_logs(records)
                     held = status != 2  # 2 = released by the finalize script
                     if status < 0:
                         break
@@ -511,13 +513,17 @@ class Sequencer:
             if not again:
                 return applied
 
-    def _plan_run(self, run: list[bytes], seq: int) -> tuple[list[dict[str, Any]], list[str]]:
+    def _plan_run(
+        self, run: list[bytes], seq: int
+    ) -> tuple[list[dict[str, Any]], list[str], list[list[tuple[int, str, dict[str, Any]]]]]:
         """Plan the longest prefix of ``run`` (head, doc, head, doc, ...) whose messages
         touch disjoint orders — each plan reads Redis as it is before the run is written,
         so a message of an order planned earlier in the run waits for the next run —
-        returning the finalize script's entries and item batches."""
+        returning the finalize script's entries, item batches and each plan's log records
+        (logged once the run is written)."""
         entries: list[dict[str, Any]] = []
         batches: list[str] = []
+        logs: list[list[tuple[int, str, dict[str, Any]]]] = []
         taken: set[str] = set()
         outcomes = [(run[n].decode(), _decode_outcome(run[n + 1])) for n in range(0, len(run), 2)]
         # One round trip for the order states of the whole run (each plan read its own).
@@ -529,36 +535,39 @@ class Sequencer:
                     break
                 if isinstance(decoded, Exception):
                     self._apply_failed(head, decoded)  # dead-lettered, then popped
-                batch, states, orders = self._plan(head, result, seq + n)
+                batch, states, orders, records = self._plan(head, result, seq + n)
                 if entries and orders & taken:
                     # Aliases that resolve to an order planned earlier (e.g. placer only,
-                    # then filler only): plan it again in the next run, on the new state
-                    # (the planner's log lines for it then appear twice).
+                    # then filler only): plan it again in the next run, on the new state.
                     break
                 taken |= orders
                 entries.append(
                     {"h": head, "s": [[key, d, ttl] for key, (d, ttl) in states.items()]}
                 )
                 batches.append(batch)
+                logs.append(records)
         finally:
             self.planner.read_ahead([])  # stale once the run is written
-        return entries, batches
+        return entries, batches, logs
 
     def _plan(
         self, head: str, result: MappingResult | None, seq: int
-    ) -> tuple[str, dict[str, tuple[dict[str, str], int]], set[str]]:
-        """(item batch for the finalize script or "", order states, order names)."""
+    ) -> tuple[
+        str, dict[str, tuple[dict[str, str], int]], set[str], list[tuple[int, str, dict[str, Any]]]
+    ]:
+        """(item batch for the finalize script or "", order states, order names, log
+        records)."""
         if result is None:
-            return "", {}, set()
+            return "", {}, set(), []
         try:
             plan = self.planner.plan(result, time.time(), seq)
             batch = batch_json(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
-            return batch or "", plan.order_states, plan.orders
+            return batch or "", plan.order_states, plan.orders, plan.logs
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:
             self._apply_failed(head, exc)
-            return "", {}, set()
+            return "", {}, set(), []
 
     def _apply_failed(self, head: str, exc: Exception) -> None:
         """Never let one bad outcome block every later order: dead-letter and advance."""

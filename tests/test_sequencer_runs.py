@@ -3,8 +3,10 @@ order already planned in the run wait for the next run (they must see its writes
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 import redis
 from intake_helpers import submit
 from orm_builder import orm
@@ -41,7 +43,7 @@ def test_messages_of_different_orders_share_a_run(
 
 
 def test_a_message_of_an_order_planned_in_the_run_waits_for_the_next_run(
-    redis_client: redis.Redis, settings: Settings
+    redis_client: redis.Redis, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     nw = submit(redis_client, settings, orm("NW", "SC", placer="P9", filler="F9").encode())
     ctx = workers.install(settings, redis_client)
@@ -53,8 +55,14 @@ def test_a_message_of_an_order_planned_in_the_run_waits_for_the_next_run(
     xo = submit(redis_client, settings, orm("XO", "SC", placer="", filler="F9").encode())
     other = submit(redis_client, settings, orm("NW", "SC", placer="Q1", filler="").encode())
     runs = _spy_runs(ctx)
-    ctx.sequencer.process(ca)
+    with caplog.at_level(logging.INFO, logger="bridge.lifecycle"):
+        caplog.clear()  # the NW above
+        ctx.sequencer.process(ca)
     assert runs == [[ca], [xo, other]]
+    # The XO's first plan (made before the cancel was written) is dropped unlogged: the
+    # log tells what was written — the cancel, the new order, the XO refused.
+    events = [r.getMessage() for r in caplog.records if r.name == "bridge.lifecycle"]
+    assert sorted(events) == ["order.already_final", "order.applied", "order.applied"]
     store = WorklistStore(redis_client, Keys())
     assert store.count() == 2
     cancelled = [it for it in store.load(
