@@ -103,16 +103,12 @@ class Planner:
         self.keys = keys
         self.store = store
         self.settings = settings
-        self._ids: dict[str, list[str]] = {}
         #: alias → (order hash, item ids) read before the plans of a run (read_ahead).
         self._read_ahead: dict[str, tuple[dict[bytes, bytes], list[str]]] = {}
 
     def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
         """What ``result`` changes; reads Redis (or what read_ahead read), writes nothing."""
         plan = Plan()
-        # Item ids per order key, read with the order states (one round trip); nothing is
-        # written while a plan is made, so they stay valid for the whole message.
-        self._ids = {}
         states: dict[str, dict[str, str]] = {}
         alias_map: dict[str, str] = {}  # aliases seen earlier in this message
         for group in result.groups:
@@ -167,10 +163,8 @@ class Planner:
         missing = [a for a in aliases if a not in self._read_ahead]
         if missing:
             self.read_ahead_of(missing)
-        datas = [self._read_ahead[a][0] for a in aliases]
         for alias in aliases:
-            self._ids[alias] = self._read_ahead[alias][1]
-        for alias, data in zip(aliases, datas, strict=True):
+            data = self._read_ahead[alias][0]
             if data:
                 text = {k.decode(): v.decode() for k, v in data.items()}
                 canonical = text.get("canonical", alias)
@@ -191,9 +185,10 @@ class Planner:
 
     def _order_ids(self, order: str) -> list[str]:
         """Item ids of an order, from the ones read with the order states when possible
-        (a round trip per call otherwise; three per new order before)."""
-        cached = self._ids.get(order)
-        return cached if cached is not None else self.store.ids_for("order", order)
+        (nothing is written while plans are made, so they stay valid; a round trip per
+        call otherwise, three per new order before)."""
+        read = self._read_ahead.get(order)
+        return read[1] if read is not None else self.store.ids_for("order", order)
 
     def _has_items(self, plan: Plan, canonical: str) -> bool:
         # Staged items first: a NW/XO answers without a Redis round trip.
