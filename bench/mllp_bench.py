@@ -39,11 +39,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import redis  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
-from bridge.connections import sync_client  # noqa: E402
-from bridge.intake import IntakeRecord, submit  # noqa: E402
-from bridge.keys import Keys  # noqa: E402
-from bridge.listener import Listener  # noqa: E402
-from bridge.settings import Settings, load_settings  # noqa: E402
+from bridge.core.settings import Settings, load_settings  # noqa: E402
+from bridge.intake.submit import IntakeRecord, submit  # noqa: E402
+from bridge.mllp.listener import Listener  # noqa: E402
+from bridge.store.connections import sync_client  # noqa: E402
+from bridge.store.keys import Keys  # noqa: E402
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"
 SAMPLE = ROOT / "tests" / "samples" / "mllp_orm_v251_utf8.hl7"

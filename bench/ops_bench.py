@@ -21,12 +21,12 @@ import redis
 from bridge_process import Run, gone, wait_for
 from redis_server import RedisServer
 
-from bridge import metrics
-from bridge.embedded_redis import EmbeddedRedis
-from bridge.keys import Keys
-from bridge.settings import RedisSettings
-from bridge.store import WorklistStore
-from bridge.worklist import SPS, WorklistItem
+from bridge.core import metrics
+from bridge.core.settings import RedisSettings
+from bridge.store.embedded_redis import EmbeddedRedis
+from bridge.store.item import SPS, WorklistItem
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 
 def ms(values: list[float]) -> str:

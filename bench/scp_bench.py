@@ -45,9 +45,9 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 from redis_server import RedisServer, free_port  # noqa: E402
 
-from bridge.keys import Keys  # noqa: E402
-from bridge.store import WorklistStore  # noqa: E402
-from bridge.worklist import SPS, WorklistItem  # noqa: E402
+from bridge.store.item import SPS, WorklistItem  # noqa: E402
+from bridge.store.keys import Keys  # noqa: E402
+from bridge.store.worklist_store import WorklistStore  # noqa: E402
 
 MODALITIES = [
     "CT", "MR", "US", "CR", "DX", "MG", "NM", "PT", "XA", "RF",

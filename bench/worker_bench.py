@@ -35,10 +35,10 @@ from intake_helpers import submit  # noqa: E402
 from orm_builder import orm  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
-from bridge import hl7apy_speedups  # noqa: E402
-from bridge.hl7in import _hl7apy_parse, normalise, warm_up  # noqa: E402
-from bridge.keys import Keys  # noqa: E402
-from bridge.settings import load_settings  # noqa: E402
+from bridge.core.settings import load_settings  # noqa: E402
+from bridge.hl7 import hl7apy_compat as hl7apy_speedups  # noqa: E402
+from bridge.hl7.parse import _hl7apy_parse, normalise, warm_up  # noqa: E402
+from bridge.store.keys import Keys  # noqa: E402
 
 
 def messages(n: int) -> list[bytes]:
@@ -53,7 +53,7 @@ def messages(n: int) -> list[bytes]:
 
 def bare_parse_rate(raws: list[bytes], speedups: bool = False) -> float:
     """hl7apy alone on the same texts: as shipped (the issue's baseline), or with
-    bridge.hl7apy_speedups installed as the worker has it."""
+    bridge.hl7.hl7apy_compat installed as the worker has it."""
     if speedups:
         hl7apy_speedups.install()
     else:
@@ -86,7 +86,7 @@ def rq_noop_rate(url: str, n: int) -> float:
 
 def sequencer_rate(url: str, raws: list[bytes]) -> float:
     """Our path without rq: parse + map + in-order apply, called in-process."""
-    from bridge import workers
+    from bridge.worker import rq_worker as workers
 
     client = redis.Redis.from_url(url)
     client.flushall()

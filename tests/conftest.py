@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from mllp_harness import mllp  # noqa: F401  (fixture shared by the listener tests)
 from redis_server import RedisServer
 
-from bridge.keys import Keys
-from bridge.scp import MwlScp
-from bridge.settings import RedisSettings, Settings, load_settings
-from bridge.store import WorklistStore
+from bridge.core.settings import RedisSettings, Settings, load_settings
+from bridge.scp.server import MwlScp
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 SAMPLES = Path(__file__).parent / "samples"
 

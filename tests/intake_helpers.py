@@ -11,10 +11,10 @@ import time
 
 import redis
 
-from bridge import intake
-from bridge.keys import Keys
-from bridge.msh import read_msh
-from bridge.settings import Settings
+from bridge.core.settings import Settings
+from bridge.hl7.msh import read_msh
+from bridge.intake import submit as intake
+from bridge.store.keys import Keys
 
 
 def submit(

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bridge.listener import Listener, start
-from bridge.settings import Settings, load_settings
+from bridge.core.settings import Settings, load_settings
+from bridge.mllp.listener import Listener, start
 
 SAMPLES = Path(__file__).parent / "samples"
 VT, FS, CR = b"\x0b", b"\x1c", b"\r"

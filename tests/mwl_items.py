@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.worklist import SPS, WorklistItem
+from bridge.store.item import SPS, WorklistItem
 
 
 def make_item(

@@ -13,7 +13,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 
-from bridge.scp import MwlScp
+from bridge.scp.server import MwlScp
 
 #: The ``start_scp`` fixture (conftest.py): starts an in-process SCP on a free port.
 StartScp = Callable[..., MwlScp]

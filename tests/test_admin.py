@@ -8,13 +8,13 @@ import pytest
 import redis
 from rq import Queue
 
-from bridge import deadletter
-from bridge.admin import date_range, table
-from bridge.cli import main
-from bridge.deadletter import DeadLetter
-from bridge.keys import Keys
-from bridge.store import WorklistStore
-from bridge.worklist import SPS, WorklistItem, to_dataset
+from bridge.intake import deadletter
+from bridge.intake.deadletter import DeadLetter
+from bridge.ops.admin import date_range, table
+from bridge.ops.cli import main
+from bridge.store.item import SPS, WorklistItem, to_dataset
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 
 def make_item(
@@ -135,7 +135,7 @@ def test_worklist_purge_before(data, redis_url, capsys) -> None:
 
 
 def data_query():
-    from bridge.store import CandidateQuery
+    from bridge.store.worklist_store import CandidateQuery
 
     return CandidateQuery()
 

@@ -12,12 +12,12 @@ import redis
 from intake_helpers import submit
 from orm_builder import orm
 
-from bridge import applier as applier_module
-from bridge import workers
-from bridge.applier import BackgroundApplier
-from bridge.keys import Keys
-from bridge.settings import Settings
-from bridge.store import WorklistStore
+from bridge.core.settings import Settings
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
+from bridge.worker import background as applier_module
+from bridge.worker import rq_worker as workers
+from bridge.worker.background import BackgroundApplier
 
 
 def test_batches_are_applied_in_submission_order_and_close_flushes() -> None:
@@ -59,7 +59,7 @@ def test_a_redis_error_is_retried_until_the_batch_is_applied(
         return 1
 
     applier = BackgroundApplier(drain)
-    with caplog.at_level(logging.WARNING, logger="bridge.applier"):
+    with caplog.at_level(logging.WARNING, logger="bridge.worker.background"):
         applier.submit([("a", "{}")], "batch:a")
         applier.submit([("b", "{}")], "")
         assert applier.close(5)
@@ -79,7 +79,7 @@ def test_a_bug_is_logged_not_retried_and_the_next_batch_still_applied(
         return 1
 
     applier = BackgroundApplier(drain)
-    with caplog.at_level(logging.ERROR, logger="bridge.applier"):
+    with caplog.at_level(logging.ERROR, logger="bridge.worker.background"):
         applier.submit([("bad", "{}")], "")
         applier.submit([("good", "{}")], "")
         assert not applier.close(5)  # "bad" is left to the stuck-head recovery

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from bridge.config_file import example, render
-from bridge.settings import Settings, all_keys, describe, env_name, load_settings
+from bridge.core.config_file import example, render
+from bridge.core.settings import Settings, all_keys, describe, env_name, load_settings
+from bridge.ops.cli import main
 
 EXAMPLE = Path(__file__).parent.parent / "docs" / "mwl-bridge.example.toml"
 
@@ -17,7 +17,7 @@ EXAMPLE = Path(__file__).parent.parent / "docs" / "mwl-bridge.example.toml"
 def test_example_file_is_generated_from_the_defaults() -> None:
     assert EXAMPLE.read_text() == example(), (
         "docs/mwl-bridge.example.toml is stale: run "
-        "`python -m bridge.config_file > docs/mwl-bridge.example.toml`"
+        "`python -m bridge.core.config_file > docs/mwl-bridge.example.toml`"
     )
 
 

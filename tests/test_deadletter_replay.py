@@ -9,13 +9,14 @@ import redis
 from conftest import SAMPLES
 from rq import Queue
 
-from bridge import deadletter, workers
-from bridge.cli import main
-from bridge.deadletter import DeadLetter
-from bridge.intake import IntakeRecord, SubmitKind, submit
-from bridge.keys import Keys
-from bridge.msh import read_msh
-from bridge.settings import Settings
+from bridge.core.settings import Settings
+from bridge.hl7.msh import read_msh
+from bridge.intake import deadletter
+from bridge.intake.deadletter import DeadLetter
+from bridge.intake.submit import IntakeRecord, SubmitKind, submit
+from bridge.ops.cli import main
+from bridge.store.keys import Keys
+from bridge.worker import rq_worker as workers
 
 GOOD = (
     (SAMPLES / "mllp_orm_v251_utf8.hl7").read_bytes().replace(b"\r\n", b"\r").replace(b"\n", b"\r")

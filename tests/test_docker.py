@@ -21,8 +21,8 @@ import yaml
 from bridge_process import wait_for
 from redis_server import free_port
 
-from bridge.cli import build_parser
-from bridge.settings import ENV_ALIASES, MllpSettings, ScpSettings, all_keys, env_name
+from bridge.core.settings import ENV_ALIASES, MllpSettings, ScpSettings, all_keys, env_name
+from bridge.ops.cli import build_parser
 
 ROOT = Path(__file__).parent.parent
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -55,11 +55,11 @@ def verbs() -> set[str]:
 def test_entrypoint_command_and_paths_exist_in_the_package() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert json.loads(instructions("ENTRYPOINT")[-1]) == ["mwl-bridge"]
-    assert scripts["mwl-bridge"] == "bridge.cli:main"
+    assert scripts["mwl-bridge"] == "bridge.ops.cli:main"
     assert json.loads(instructions("CMD")[-1])[0] in verbs()
     health = instructions("HEALTHCHECK")[0]
     module = re.search(r'"-m", "([\w.]+)"', health)
-    assert module and module.group(1) == "bridge.healthcheck"
+    assert module and module.group(1) == "bridge.ops.healthcheck"
     __import__(module.group(1))
     for copy in instructions("COPY"):
         if "--from=" in copy:
@@ -170,7 +170,7 @@ def test_image_builds_and_serves_healthz_under_chroot(image: str) -> None:
     cfg = json.loads(_podman("image", "inspect", image).stdout)[0]
     config = cfg["Config"]
     assert config["User"] == "10001:10001"
-    assert cfg["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "bridge.healthcheck"]
+    assert cfg["Healthcheck"]["Test"] == ["CMD", "python3", "-m", "bridge.ops.healthcheck"]
 
     cid = _podman("create", image).stdout.strip()
     root = _podman("mount", cid).stdout.strip()
@@ -204,7 +204,7 @@ def test_image_builds_and_serves_healthz_under_chroot(image: str) -> None:
             # The HEALTHCHECK command itself, inside the image's filesystem and user.
             check = subprocess.run(
                 ["chroot", f"--userspec={config['User']}", root, "/usr/bin/env", "-i",
-                 *env, "python3", "-m", "bridge.healthcheck"],
+                 *env, "python3", "-m", "bridge.ops.healthcheck"],
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             assert check.returncode == 0, check.stderr
@@ -222,7 +222,8 @@ def test_image_builds_and_serves_healthz_under_chroot(image: str) -> None:
 
 
 def test_healthcheck_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge import healthcheck, metrics
+    from bridge.core import metrics
+    from bridge.ops import healthcheck
 
     srv = metrics.MetricsServer("127.0.0.1", 0, metrics.REGISTRY).start()
     try:

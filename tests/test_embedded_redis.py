@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from bridge import embedded_redis
-from bridge.embedded_redis import EmbeddedRedis, find_binary, running_url
-from bridge.errors import ConfigError
-from bridge.settings import RedisSettings
+from bridge.core.errors import ConfigError
+from bridge.core.settings import RedisSettings
+from bridge.store import embedded_redis
+from bridge.store.embedded_redis import EmbeddedRedis, find_binary, running_url
 
 
 def _gone(pid: int, timeout_s: float = 10.0) -> bool:
@@ -118,8 +118,8 @@ def test_redis_dies_when_its_parent_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
-        from bridge.embedded_redis import EmbeddedRedis
-        from bridge.settings import RedisSettings
+        from bridge.store.embedded_redis import EmbeddedRedis
+        from bridge.core.settings import RedisSettings
         s = EmbeddedRedis(RedisSettings(data_dir={str(tmp_path)!r}))
         s.start()
         print(s.proc.pid, flush=True)

@@ -1,4 +1,4 @@
-"""bridge.find_sender puts the same PDUs on the wire as pynetdicom's own send_msg."""
+"""bridge.scp.pynetdicom_compat puts the same PDUs on the wire as pynetdicom's own send_msg."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from mwl_items import make_item
 from pynetdicom import evt
 from scp_support import StartScp, find, mwl_query
 
-from bridge import find_sender
-from bridge.store import WorklistStore
+from bridge.scp import pynetdicom_compat as find_sender
+from bridge.store.worklist_store import WorklistStore
 
 
 def _wire(start_scp: StartScp, max_pdu: int) -> tuple[list[bytes], Any]:

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from redis_server import free_port
 
-from bridge.cli import main
-from bridge.finder import build_query, flatten
+from bridge.ops.cli import main
+from bridge.ops.find import build_query, flatten
 
 pytestmark = pytest.mark.skipif(shutil.which("wlmscpfs") is None, reason="DCMTK not installed")
 

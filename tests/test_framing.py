@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.framing import (
+from bridge.mllp.framing import (
     Abandoned,
     Event,
     Frame,

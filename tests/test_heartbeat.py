@@ -7,9 +7,9 @@ import time
 
 import redis
 
-from bridge.cli import main
-from bridge.heartbeat import Heartbeat
-from bridge.keys import Keys
+from bridge.ops.cli import main
+from bridge.ops.heartbeat import Heartbeat
+from bridge.store.keys import Keys
 
 
 def test_heartbeat_lives_refreshes_and_leaves(redis_client: redis.Redis, keys: Keys,
@@ -43,9 +43,9 @@ def test_role_runtime_serves_health_and_announces_the_role(redis_url: str, redis
 
     from redis_server import free_port
 
-    from bridge import metrics
-    from bridge.role_runtime import RoleRuntime
-    from bridge.settings import load_settings
+    from bridge.core import metrics
+    from bridge.core.settings import load_settings
+    from bridge.ops.role_runtime import RoleRuntime
 
     port = free_port()
     settings = load_settings(

@@ -1,4 +1,4 @@
-"""bridge.hl7apy_speedups changes how fast hl7apy parses, never what it returns."""
+"""bridge.hl7.hl7apy_compat changes how fast hl7apy parses, never what it returns."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from typing import Any
 import pytest
 from orm_builder import orm
 
-from bridge import hl7apy_speedups, workers
-from bridge.hl7in import _hl7apy_parse, normalise
-from bridge.settings import Settings
+from bridge.core.settings import Settings
+from bridge.hl7 import hl7apy_compat as hl7apy_speedups
+from bridge.hl7.parse import _hl7apy_parse, normalise
+from bridge.worker import rq_worker as workers
 
 MESSAGES = [
     orm(),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 from conftest import SAMPLES
 
-from bridge.codes import Hl7Error
-from bridge.errors import MessageRejected
-from bridge.hl7in import coerce_version, parse, parse_path, read_msh, unescape
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import MessageRejected
+from bridge.hl7.escapes import unescape
+from bridge.hl7.message import parse_path
+from bridge.hl7.parse import coerce_version, parse, read_msh
 
 
 def test_latin1_by_msh18_and_default_charset() -> None:

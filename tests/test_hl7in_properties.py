@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.hl7in import unescape
-from bridge.mapping.transforms import ts_date, ts_time
+from bridge.hl7.escapes import unescape
+from bridge.worker.mapping.transforms import ts_date, ts_time
 
 ENC = "^~\\&"
 

@@ -10,9 +10,9 @@ import pytest
 import redis
 from rq import Queue
 
-from bridge.errors import StoreUnavailable
-from bridge.intake import JOB_FUNC, AppResult, IntakeRecord, SubmitKind, submit
-from bridge.keys import Keys
+from bridge.core.errors import StoreUnavailable
+from bridge.intake.submit import JOB_FUNC, AppResult, IntakeRecord, SubmitKind, submit
+from bridge.store.keys import Keys
 
 RAW = b"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705||ORM^O01|C1|P|2.3\rPID|1\r"
 

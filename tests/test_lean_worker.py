@@ -15,11 +15,12 @@ from rq.job import Job, JobStatus
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.suspension import resume, suspend
 
-from bridge import workers
-from bridge.errors import StoreUnavailable
-from bridge.keys import Keys
-from bridge.settings import Settings
-from bridge.store import WorklistStore
+from bridge.core.errors import StoreUnavailable
+from bridge.core.settings import Settings
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
+from bridge.worker import rq_worker as workers
+from bridge.worker.rq_compat import BridgeSimpleWorker
 
 
 def _batch_size(settings: Settings, n: int) -> Settings:
@@ -29,7 +30,7 @@ def _batch_size(settings: Settings, n: int) -> Settings:
 def _work(ctx: workers.WorkerContext) -> workers.BaseWorker:
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker = workers.make_worker(ctx)
-    assert isinstance(worker, workers.BridgeSimpleWorker)
+    assert isinstance(worker, BridgeSimpleWorker)
     worker.work(burst=True, logging_level="WARNING")
     return worker
 

@@ -12,9 +12,9 @@ from conftest import SAMPLES
 from orm_builder import orm
 from worker_helpers import items, run
 
-from bridge import deadletter
-from bridge.keys import Keys
-from bridge.settings import Settings, load_settings
+from bridge.core.settings import Settings, load_settings
+from bridge.intake import deadletter
+from bridge.store.keys import Keys
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_final_states_retained_then_purged(
     run(redis_client, wsettings, orm())
     run(redis_client, wsettings, orm(control=control, status=status))
     assert [s[1] for s in statuses(redis_client, wsettings)] == [final]
-    from bridge.store import WorklistStore
+    from bridge.store.worklist_store import WorklistStore
 
     store = WorklistStore(redis_client, Keys())
     assert store.purge_expired(time.time()) == 0  # still within retention

@@ -24,9 +24,9 @@ from mllp_harness import (
 )
 from rq import Queue
 
-from bridge import deadletter
-from bridge.intake import JOB_FUNC
-from bridge.keys import Keys
+from bridge.intake import deadletter
+from bridge.intake.submit import JOB_FUNC
+from bridge.store.keys import Keys
 
 V23 = "mllp_orm_v23_zds.hl7"
 V251 = "mllp_orm_v251_utf8.hl7"
@@ -313,7 +313,7 @@ def test_junk_before_vt_is_skipped(
     mllp: StartFn, redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     lt = mllp()
-    caplog.set_level(logging.WARNING, logger="bridge.listener")
+    caplog.set_level(logging.WARNING, logger="bridge.mllp.listener")
     with MllpClient(lt.port) as c:
         c.write(b"\x00garbage\r\n" + VT + msg("J1") + FS + CR)
         assert ack_fields(c.read_ack())["MSA"][1:3] == ["AA", "J1"]
@@ -417,7 +417,7 @@ def test_max_connections_extra_one_logged_and_closed(
     mllp: StartFn, caplog: pytest.LogCaptureFixture
 ) -> None:
     lt = mllp(max_connections=2)
-    caplog.set_level(logging.WARNING, logger="bridge.listener")
+    caplog.set_level(logging.WARNING, logger="bridge.mllp.listener")
     with MllpClient(lt.port) as a, MllpClient(lt.port) as b:
         assert ack_fields(a.send(msg("X1")))["MSA"][1] == "AA"
         assert ack_fields(b.send(msg("X2")))["MSA"][1] == "AA"

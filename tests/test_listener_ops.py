@@ -32,9 +32,10 @@ from mllp_harness import (
 from redis_server import RedisServer, free_port
 from rq import Queue
 
-from bridge import deadletter, workers
-from bridge.keys import Keys
-from bridge.settings import Settings
+from bridge.core.settings import Settings
+from bridge.intake import deadletter
+from bridge.store.keys import Keys
+from bridge.worker import rq_worker as workers
 
 V23_SAMPLE = "mllp_orm_v23_zds.hl7"
 
@@ -114,7 +115,7 @@ def _client_ctx(pki: Path, with_cert: bool) -> ssl.SSLContext:
 
 
 def test_tls(mllp: StartFn, pki: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.listener")
+    caplog.set_level(logging.INFO, logger="bridge.mllp.listener")
     lt = mllp(tls_cert_file=str(pki / "server.pem"), tls_key_file=str(pki / "server.key"))
     with MllpClient(lt.port, tls=_client_ctx(pki, False)) as c:
         assert ack_fields(c.send(msg("S1")))["MSA"][1:3] == ["AA", "S1"]
@@ -132,7 +133,7 @@ def test_mutual_tls(
     keys: Keys,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bridge.listener")
+    caplog.set_level(logging.INFO, logger="bridge.mllp.listener")
     lt = mllp(
         tls_cert_file=str(pki / "server.pem"),
         tls_key_file=str(pki / "server.key"),
@@ -203,7 +204,7 @@ def test_application_mode_ok_from_worker(
 def test_application_mode_timeout_is_aa_and_warns(
     mllp: StartFn, redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="bridge.listener")
+    caplog.set_level(logging.WARNING, logger="bridge.mllp.listener")
     lt = mllp(ack_mode="application", application_ack_timeout_s=0.3)
     with MllpClient(lt.port) as c:
         assert ack_fields(c.send(msg("A3")))["MSA"][1:3] == ["AA", "A3"]

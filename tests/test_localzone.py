@@ -12,8 +12,8 @@ import redis
 from orm_builder import orm
 from worker_helpers import items, run
 
-from bridge import localzone
-from bridge.settings import load_settings
+from bridge.core import localzone
+from bridge.core.settings import load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_unknown_host_zone_falls_back_to_utc_with_a_warning(
     monkeypatch.delenv("TZ", raising=False)
     monkeypatch.setattr(localzone, "LOCALTIME", tmp_path / "none")
     monkeypatch.setattr(localzone, "TIMEZONE_FILE", tmp_path / "none")
-    with caplog.at_level(logging.WARNING, logger="bridge.localzone"):
+    with caplog.at_level(logging.WARNING, logger="bridge.core.localzone"):
         got = localzone.resolve("")
     assert (got.name, got.source) == ("UTC", "fallback")
     assert [r.message for r in caplog.records] == ["worker.local_timezone_unknown"]

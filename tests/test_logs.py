@@ -9,13 +9,13 @@ import pytest
 import redis
 from pydicom.dataset import Dataset
 
-from bridge import logs
-from bridge.cli import main
-from bridge.handlers import handle_find
-from bridge.keys import Keys
-from bridge.logs import configure, exc_fields, fields, log_failure
-from bridge.settings import Settings
-from bridge.store import WorklistStore
+from bridge.core import logs
+from bridge.core.logs import configure, exc_fields, fields, log_failure
+from bridge.core.settings import Settings
+from bridge.ops.cli import main
+from bridge.scp.handlers import handle_find
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 
 @pytest.fixture(autouse=True)
@@ -49,12 +49,16 @@ def test_unknown_log_format_is_a_config_error(capsys) -> None:
     assert "obs.log_format" in capsys.readouterr().err
 
 
-def test_pynetdicom_identifier_logging_is_off_after_configure() -> None:
+def test_pynetdicom_identifier_logging_is_off_once_the_scp_is_built() -> None:
     from pynetdicom import _config
+
+    from bridge.core.settings import Settings
+    from bridge.scp.server import build_ae
 
     _config.LOG_REQUEST_IDENTIFIERS = True
     _config.LOG_RESPONSE_IDENTIFIERS = True
     configure("INFO", "text")
+    build_ae(Settings())
     assert _config.LOG_REQUEST_IDENTIFIERS is False
     assert _config.LOG_RESPONSE_IDENTIFIERS is False
     # Even its association chatter stays out of INFO (it names calling AEs and peers).

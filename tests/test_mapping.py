@@ -10,11 +10,11 @@ import pytest
 from conftest import SAMPLES
 from orm_builder import orm
 
-from bridge.codes import Hl7Error
-from bridge.errors import MappingFileError, MessageRejected
-from bridge.hl7in import parse
-from bridge.mapping.apply import MappedItem, MappingResult, map_message, study_uid
-from bridge.mapping.load import MappingRegistry, load_mapping
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import MappingFileError, MessageRejected
+from bridge.hl7.parse import parse
+from bridge.worker.mapping.apply import MappedItem, MappingResult, map_message, study_uid
+from bridge.worker.mapping.load import MappingRegistry, load_mapping
 
 IHE = load_mapping()
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.matching import (
+from bridge.scp.matching import (
     DateTimeCondition,
     MatchOptions,
     QueryValueError,

@@ -16,11 +16,12 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 
-from bridge import deadletter, metrics
-from bridge.deadletter import DeadLetter
-from bridge.keys import Keys
-from bridge.store import WorklistStore
-from bridge.worklist import SPS, WorklistItem
+from bridge.core import metrics
+from bridge.intake import deadletter
+from bridge.intake.deadletter import DeadLetter
+from bridge.store.item import SPS, WorklistItem
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 
 def item(n: int, status: str = "SCHEDULED") -> WorklistItem:
@@ -175,7 +176,7 @@ def test_counters_of_child_processes_are_summed(tmp_path: Path) -> None:
 def test_metrics_port_in_use_is_a_config_error(capsys) -> None:
     import socket
 
-    from bridge.cli import main
+    from bridge.ops.cli import main
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.ack import AckPolicy, Outcome, build_ack, escape
-from bridge.codes import AckCode, Hl7Error
-from bridge.msh import MshError, codec_for, normalise_version, read_msh
+from bridge.core.codes import AckCode, Hl7Error
+from bridge.hl7.ack import AckPolicy, Outcome, build_ack, escape
+from bridge.hl7.msh import MshError, codec_for, normalise_version, read_msh
 
 SAMPLES = Path(__file__).parent / "samples"
 NOW = dt.datetime(2026, 7, 5, 10, 15, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))

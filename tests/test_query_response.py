@@ -7,10 +7,10 @@ from mwl_items import make_item
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from bridge.codes import CFindStatus
-from bridge.query import QueryError, parse_identifier
-from bridge.response import ResponseError, build_response, can_encode, choose_charset
-from bridge.settings import ScpSettings
+from bridge.core.codes import CFindStatus
+from bridge.core.settings import ScpSettings
+from bridge.scp.query import QueryError, parse_identifier
+from bridge.scp.response import ResponseError, build_response, can_encode, choose_charset
 
 SCP = ScpSettings()
 

@@ -14,9 +14,9 @@ import pytest
 from bridge_process import Run, gone, processes_with_env, wait_for
 from scp_support import dcmtk
 
-pytest.importorskip("bridge.listener")
-pytest.importorskip("bridge.jobs")
-pytest.importorskip("bridge.scp")
+pytest.importorskip("bridge.mllp.listener")
+pytest.importorskip("bridge.worker.jobs")
+pytest.importorskip("bridge.scp.server")
 
 SAMPLES = Path(__file__).parent / "samples" / "ops"
 FINDSCU = dcmtk("findscu")

@@ -24,9 +24,9 @@ from redis_server import RedisServer
 from scp_support import StartScp, find, mwl_query, scu
 from worker_helpers import run
 
-from bridge.keys import Keys
-from bridge.settings import load_settings
-from bridge.store import WorklistStore
+from bridge.core.settings import load_settings
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 
 def keywords(ds: Dataset) -> set[str]:
@@ -291,7 +291,7 @@ def test_item_that_cannot_be_encoded_is_skipped_not_c312(
     store.apply([make_item(1, extra={"PatientWeight": "heavy"}), make_item(2)])
     q = mwl_query(Modality="CT")
     q.PatientWeight = ""
-    with caplog.at_level(logging.ERROR, logger="bridge.handlers"):
+    with caplog.at_level(logging.ERROR, logger="bridge.scp.handlers"):
         result = find(start_scp().port, q)
     assert result.statuses == [0xFF00, 0x0000]
     assert result.identifiers[0].PatientID == "PID2"
@@ -540,7 +540,7 @@ def test_peer_with_nagle_on_does_not_wait_for_our_delayed_ack(
 
     from scp_support import dcmtk
 
-    from bridge import handlers
+    from bridge.scp import pynetdicom_compat
 
     echoscu = dcmtk("echoscu")
     if echoscu is None:
@@ -555,7 +555,7 @@ def test_peer_with_nagle_on_does_not_wait_for_our_delayed_ack(
         return min(samples)
 
     ours_ms = fastest_echo_ms(start_scp().port)
-    monkeypatch.setattr(handlers, "_TCP_QUICKACK", None)
+    monkeypatch.setattr(pynetdicom_compat, "_TCP_QUICKACK", None)
     delayed_ms = fastest_echo_ms(start_scp().port)
     if delayed_ms < 40:
         pytest.skip(f"this kernel does not delay the ACK ({delayed_ms:.0f} ms without)")
@@ -566,7 +566,7 @@ def test_peer_with_nagle_on_does_not_wait_for_our_delayed_ack(
 
 
 def test_cfind_metrics_count_final_statuses(store: WorklistStore, start_scp: StartScp) -> None:
-    from bridge import metrics
+    from bridge.core import metrics
 
     def count(status: str) -> float:
         value = metrics.REGISTRY.get_sample_value("mwl_cfind_requests_total", {"status": status})

@@ -13,7 +13,7 @@ from pathlib import Path
 from redis_server import free_port
 from scp_support import scu
 
-from bridge.cli import main
+from bridge.ops.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

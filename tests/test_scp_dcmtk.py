@@ -10,7 +10,7 @@ import pytest
 from mwl_items import make_item
 from scp_support import StartScp, dcmtk
 
-from bridge.store import WorklistStore
+from bridge.store.worklist_store import WorklistStore
 
 FINDSCU = dcmtk("findscu")
 ECHOSCU = dcmtk("echoscu")

@@ -13,7 +13,7 @@ import pytest
 from mwl_items import make_item
 from scp_support import StartScp
 
-from bridge.store import WorklistStore
+from bridge.store.worklist_store import WorklistStore
 
 JS_DIR = Path(__file__).parent / "js"
 NODE = shutil.which("node")

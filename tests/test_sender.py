@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from bridge.sender import control_id, parse_ack, split_messages
+from bridge.mllp.client import control_id, parse_ack, split_messages
+from bridge.ops.cli import main
 
 SAMPLES = Path(__file__).parent / "samples" / "ops"
 

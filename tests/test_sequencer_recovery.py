@@ -8,10 +8,11 @@ import time
 from intake_helpers import submit
 from orm_builder import orm
 
-from bridge import deadletter, workers
-from bridge.errors import StoreUnavailable
-from bridge.keys import Keys
-from bridge.settings import load_settings
+from bridge.core.errors import StoreUnavailable
+from bridge.core.settings import load_settings
+from bridge.intake import deadletter
+from bridge.store.keys import Keys
+from bridge.worker import rq_worker as workers
 
 
 def _dies_parsing(ctx: workers.WorkerContext, poison: str) -> None:

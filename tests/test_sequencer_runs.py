@@ -11,10 +11,10 @@ import redis
 from intake_helpers import submit
 from orm_builder import orm
 
-from bridge import workers
-from bridge.keys import Keys
-from bridge.settings import Settings
-from bridge.store import WorklistStore
+from bridge.core.settings import Settings
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
+from bridge.worker import rq_worker as workers
 
 
 def _spy_runs(ctx: workers.WorkerContext) -> list[list[str]]:
@@ -55,13 +55,13 @@ def test_a_message_of_an_order_planned_in_the_run_waits_for_the_next_run(
     xo = submit(redis_client, settings, orm("XO", "SC", placer="", filler="F9").encode())
     other = submit(redis_client, settings, orm("NW", "SC", placer="Q1", filler="").encode())
     runs = _spy_runs(ctx)
-    with caplog.at_level(logging.INFO, logger="bridge.lifecycle"):
+    with caplog.at_level(logging.INFO, logger="bridge.worker.lifecycle"):
         caplog.clear()  # the NW above
         ctx.sequencer.process(ca)
     assert runs == [[ca], [xo, other]]
     # The XO's first plan (made before the cancel was written) is dropped unlogged: the
     # log tells what was written — the cancel, the new order, the XO refused.
-    events = [r.getMessage() for r in caplog.records if r.name == "bridge.lifecycle"]
+    events = [r.getMessage() for r in caplog.records if r.name == "bridge.worker.lifecycle"]
     assert sorted(events) == ["order.already_final", "order.applied", "order.applied"]
     store = WorklistStore(redis_client, Keys())
     assert store.count() == 2

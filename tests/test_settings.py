@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
-from bridge.errors import ConfigError
-from bridge.settings import all_keys, describe, env_name, load_settings
+from bridge.core.errors import ConfigError
+from bridge.core.settings import all_keys, describe, env_name, load_settings
+from bridge.ops.cli import main
 
 
 def test_defaults_follow_the_contract() -> None:

@@ -7,9 +7,9 @@ import json
 import pytest
 import redis
 
-from bridge.errors import StoreUnavailable
-from bridge.store import CandidateQuery, WorklistStore
-from bridge.worklist import SPS, WorklistItem
+from bridge.core.errors import StoreUnavailable
+from bridge.store.item import SPS, WorklistItem
+from bridge.store.worklist_store import CandidateQuery, WorklistStore
 
 
 def make_item(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from bridge_process import Run, gone, processes_with_env, wait_for
 
-from bridge.supervisor import ChildSpec, Supervisor, child_env, role_specs
+from bridge.ops.supervisor import ChildSpec, Supervisor, child_env, role_specs
 
 PY = sys.executable
 SLEEPER = [PY, "-c", "import time; time.sleep(120)"]
@@ -77,7 +77,7 @@ def test_children_die_when_the_supervisor_is_sigkilled() -> None:
     script = textwrap.dedent(
         f"""
         import time
-        from bridge.supervisor import ChildSpec, Supervisor
+        from bridge.ops.supervisor import ChildSpec, Supervisor
         sup = Supervisor([ChildSpec("a", {SLEEPER!r}), ChildSpec("b", {SLEEPER!r})])
         sup.start()
         print(*[p.pid for p in sup.children.values()], flush=True)

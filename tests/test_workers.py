@@ -16,11 +16,11 @@ from conftest import SAMPLES
 from intake_helpers import submit
 from orm_builder import orm
 
-from bridge import deadletter
-from bridge.cli import main
-from bridge.keys import Keys
-from bridge.settings import Settings, load_settings
-from bridge.store import WorklistStore
+from bridge.core.settings import Settings, load_settings
+from bridge.intake import deadletter
+from bridge.ops.cli import main
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,8 +177,8 @@ def test_redis_down_is_transient_not_a_dead_letter(tmp_path: Path) -> None:
     Redis is back (AOF intact) the same message is applied, nothing dead-lettered."""
     from redis_server import RedisServer
 
-    from bridge import workers
-    from bridge.errors import StoreUnavailable
+    from bridge.core.errors import StoreUnavailable
+    from bridge.worker import rq_worker as workers
 
     server = RedisServer()
     server.start()

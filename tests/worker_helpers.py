@@ -7,10 +7,10 @@ import logging
 import redis
 from intake_helpers import submit
 
-from bridge import workers
-from bridge.settings import Settings
-from bridge.store import WorklistStore
-from bridge.worklist import WorklistItem
+from bridge.core.settings import Settings
+from bridge.store.item import WorklistItem
+from bridge.store.worklist_store import WorklistStore
+from bridge.worker import rq_worker as workers
 
 
 def run(

@@ -13,7 +13,7 @@ calls the library, so callers never catch a library type.
 
 from __future__ import annotations
 
-from bridge.codes import Hl7Error
+from bridge.core.codes import Hl7Error
 
 
 class BridgeError(Exception):

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bridge.logs import fields
+from bridge.core.logs import fields
 
 log = logging.getLogger(__name__)
 

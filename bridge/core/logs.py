@@ -129,13 +129,8 @@ def configure(level: str = "INFO", fmt: str = "text", log_phi: bool = False) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom logs whole C-FIND identifiers (patient names, IDs) at INFO by default.
-    try:
-        from pynetdicom import _config as pnd_config
-
-        pnd_config.LOG_REQUEST_IDENTIFIERS = False
-        pnd_config.LOG_RESPONSE_IDENTIFIERS = False
-    except ImportError:  # pragma: no cover - pynetdicom is a hard dependency
-        pass
+    # pynetdicom's association chatter names peers and, at INFO, whole C-FIND
+    # identifiers; the SCP also switches its identifier logging off
+    # (bridge.scp.pynetdicom_compat.hide_identifiers).
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("hl7apy").setLevel(logging.WARNING)

@@ -8,9 +8,9 @@ Two kinds of numbers:
 
 * **event counters** (messages, ACKs, rejects, mapping failures, C-FIND requests and
   latency, open associations) counted in the process that sees the event;
-* **state read from Redis at scrape time** by :class:`RedisCollector` (queue depth, rq
-  job states, workers alive, worklist items by status, dead letters). rq-exporter does
-  not support rq 3, hence our own collector.
+* **state read from Redis at scrape time** by
+  :class:`bridge.ops.redis_metrics.RedisCollector` (queue depth, rq job states, workers
+  alive, worklist items by status, dead letters), added by the roles' HTTP endpoint.
 
 Under ``mwl-bridge run`` the role processes are children of the supervisor. The
 supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` for them, so prometheus-client writes
@@ -27,14 +27,11 @@ check. ``/healthz`` answers 200 while the process can serve HTTP at all.
 from __future__ import annotations
 
 import json
-import logging
-import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import redis
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -43,16 +40,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from bridge import deadletter
-from bridge.codes import SpsStatus
-from bridge.errors import ConfigError
-from bridge.keys import Keys
-from bridge.logs import fields
-
-log = logging.getLogger(__name__)
+from bridge.core.errors import ConfigError
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -141,108 +130,6 @@ def readiness() -> dict[str, bool]:
     return out
 
 
-def redis_ping_check(client: redis.Redis) -> ReadinessCheck:
-    def check() -> bool:
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-
-    return check
-
-
-# -- state from Redis -------------------------------------------------------------------
-class RedisCollector(Collector):
-    """Reads queue depth, rq job states, workers, items by status and dead letters at
-    scrape time. Registry counts are read without rq's cleanup (a scrape must not move
-    jobs between registries)."""
-
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
-        self._r = client
-        self._keys = keys
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("mwl_redis_up", "1 if Redis answered this scrape, else 0.")
-        try:
-            families = list(self._collect())
-        except (redis.RedisError, OSError) as exc:
-            log.warning("metrics.redis_unavailable", extra=fields(error=type(exc).__name__))
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield from families
-
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
-        from rq import Queue, Worker
-        from rq.registry import (
-            DeferredJobRegistry,
-            FailedJobRegistry,
-            FinishedJobRegistry,
-            ScheduledJobRegistry,
-            StartedJobRegistry,
-        )
-
-        name = self._keys.queue_name()
-        queue = Queue(name, connection=self._r)
-        depth = GaugeMetricFamily(
-            "mwl_queue_depth", "Jobs waiting in the rq queue.", labels=["queue"]
-        )
-        depth.add_metric([name], queue.count)
-        yield depth
-
-        # With batches a job stands for up to worker.batch_size messages, so the queue
-        # depth undercounts the work; the ingest line is what still waits to be applied.
-        backlog = GaugeMetricFamily(
-            "mwl_ingest_backlog", "Accepted (ACKed) messages not yet applied, in ACK order."
-        )
-        backlog.add_metric([], self._r.llen(self._keys.ingest_order))
-        yield backlog
-
-        jobs = GaugeMetricFamily(
-            "mwl_rq_jobs", "rq jobs by registry state.", labels=["queue", "state"]
-        )
-        for state, cls in (
-            ("started", StartedJobRegistry),
-            ("failed", FailedJobRegistry),
-            ("deferred", DeferredJobRegistry),
-            ("scheduled", ScheduledJobRegistry),
-            ("finished", FinishedJobRegistry),
-        ):
-            jobs.add_metric([name, state], cls(queue=queue).get_job_count(cleanup=False))
-        yield jobs
-
-        workers = GaugeMetricFamily(
-            "mwl_workers_alive", "rq workers registered on the queue.", labels=["queue"]
-        )
-        workers.add_metric([name], Worker.count(connection=self._r, queue=queue))
-        yield workers
-
-        items = GaugeMetricFamily(
-            "mwl_worklist_items",
-            "Worklist items by Scheduled Procedure Step Status (hidden/finished included).",
-            labels=["status"],
-        )
-        for status, size in sorted(status_counts(self._r, self._keys).items()):
-            items.add_metric([status], size)
-        yield items
-
-        dead = GaugeMetricFamily("mwl_deadletters", "Dead letters kept.")
-        dead.add_metric([], deadletter.count(self._r, self._keys))
-        yield dead
-
-
-def status_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
-    """Item count per SPS status (every defined term, zeros included), from the store's
-    ``idx:status:<status>`` sets: one SCARD each, never a scan of the keyspace."""
-    statuses = [str(s) for s in SpsStatus]
-    pipe = client.pipeline(transaction=False)
-    for status in statuses:
-        pipe.scard(keys.index("status", status))
-    return {s: int(n) for s, n in zip(statuses, pipe.execute(), strict=True)}
-
-
 # -- HTTP -------------------------------------------------------------------------------
 def aggregate_registry(multiproc_dir: str) -> CollectorRegistry:
     """A registry that sums the metric files the child processes write."""
@@ -313,37 +200,3 @@ def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(
-    host: str,
-    port: int,
-    client: redis.Redis | None = None,
-    keys: Keys | None = None,
-) -> MetricsServer:
-    """Start the HTTP endpoint for this process (port 0 = any free port, see ``.port``).
-
-    With ``client`` and ``keys`` the Redis state is exported too and ``/readyz`` checks
-    that Redis answers. When ``PROMETHEUS_MULTIPROC_DIR`` is set, the served numbers are
-    the sum over every process writing there.
-    """
-    multiproc_dir = os.environ.get(MULTIPROC_ENV)
-    registry = aggregate_registry(multiproc_dir) if multiproc_dir else REGISTRY
-    if client is not None and keys is not None:
-        if registry is REGISTRY:
-            registry = CollectorRegistry()
-            registry.register(_Chain(REGISTRY))
-        registry.register(RedisCollector(client, keys))
-        register_readiness("redis", redis_ping_check(client))
-    server = MetricsServer(host, port, registry).start()
-    log.info("metrics.listening", extra=fields(host=host, port=server.port))
-    return server
-
-
-class _Chain(Collector):
-    """Exposes another registry's metrics (so the Redis collector is added per server,
-    never to the shared :data:`REGISTRY`)."""
-
-    def __init__(self, inner: CollectorRegistry) -> None:
-        self._inner = inner
-
-    def collect(self) -> Iterator[Any]:
-        yield from self._inner.collect()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bridge.errors import ConfigError
+from bridge.core.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "MWL_BRIDGE_CONFIG"
 ENV_PREFIX = "MWL_BRIDGE_"
@@ -38,7 +38,7 @@ class RedisSettings:
 
     #: ``redis://``, ``rediss://`` or ``unix://`` URL; empty = start an embedded redis-server.
     url: str = ""
-    #: Prefix of every key the bridge writes (see ``bridge.keys``).
+    #: Prefix of every key the bridge writes (see ``bridge.store.keys``).
     key_prefix: str = "mwl"
     #: Socket timeout of every Redis call; a timeout is a transient failure (NAK 207 / A700).
     socket_timeout_s: float = 5.0

@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
-from bridge.codes import AckCode, AckCondition, Hl7Error
-from bridge.msh import Msh, codec_for
+from bridge.core.codes import AckCode, AckCondition, Hl7Error
+from bridge.hl7.msh import Msh, codec_for
 
 DEFAULT_VERSION = "2.5"
 _DEFAULT_VERSION_TUPLE = (2, 5)

@@ -1,4 +1,10 @@
-"""Two lookups inside hl7apy made cheap; what a parse returns does not change.
+"""Every use of hl7apy's internals, in one place, behind a version guard: two lookups
+inside hl7apy made cheap; what a parse returns does not change.
+
+Verified against hl7apy **1.3.5** (:data:`VERIFIED_VERSIONS`). On any other version (or
+with ``MWL_BRIDGE_STOCK_LIBRARIES=1``) :data:`FAST` is False, one WARNING is logged at
+import (:mod:`bridge.core.library_guard`) and :func:`install` does nothing: the worker
+parses with hl7apy as shipped, ~20 % slower.
 
 Measured on the benchmark's ORM^O01 (``bench/results/workers.md``): 6.8 → 5.4 ms of CPU
 per message (−20 %), both together:
@@ -10,7 +16,7 @@ per message (−20 %), both together:
   attribute it sets (thousands per message). hl7apy only ever tests membership in
   ``cls_attrs``, so the lists become frozensets.
 
-The worker installs this once per process (:func:`bridge.workers.install`); the
+The worker installs this once per process (:func:`bridge.worker.rq_worker.install`); the
 benchmark calls :func:`uninstall` to measure stock hl7apy beside it.
 ``tests/test_hl7apy_speedups.py`` checks that parsed trees are identical either way.
 """
@@ -25,6 +31,12 @@ import hl7apy
 import hl7apy.core
 import hl7apy.factories
 
+from bridge.core.library_guard import fast_path_allowed
+
+VERIFIED_VERSIONS = ("1.3.5",)
+#: Whether :func:`install` patches hl7apy (decided once at import; tests flip it).
+FAST = fast_path_allowed("hl7apy", VERIFIED_VERSIONS)
+
 #: Modules that imported ``load_library`` by name (they hold their own reference).
 _LIBRARY_USERS = (hl7apy, hl7apy.core, hl7apy.factories)
 
@@ -37,8 +49,8 @@ def installed() -> bool:
 
 
 def install() -> None:
-    """Idempotent."""
-    if installed():
+    """Idempotent; a no-op on the stock path (:data:`FAST` False)."""
+    if installed() or not FAST:
         return
     cached = functools.lru_cache(maxsize=None)(_original_load_library)
     for module in _LIBRARY_USERS:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bridge.errors import StoreUnavailable
-from bridge.keys import Keys
+from bridge.core.errors import StoreUnavailable
+from bridge.store.keys import Keys
 
 DEFAULT_MAX_ENTRIES = 10_000
 

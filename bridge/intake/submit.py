@@ -28,11 +28,11 @@ from enum import StrEnum
 import redis
 from rq import Queue, Retry
 
-from bridge.errors import StoreUnavailable
-from bridge.keys import Keys
-from bridge.msh import Msh
+from bridge.core.errors import StoreUnavailable
+from bridge.hl7.msh import Msh
+from bridge.store.keys import Keys
 
-JOB_FUNC = "bridge.jobs.process_message"
+JOB_FUNC = "bridge.worker.jobs.process_message"
 #: rq job id of a message = this prefix + the message id (workers batch on it).
 JOB_ID_PREFIX = "msg-"
 RETRY_INTERVALS_S = [1, 5, 15, 30, 60]

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.settings import Settings
+from bridge.core.settings import Settings
 
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
 POSITIVE = ("AA", "CA")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.codes import Hl7Error
-from bridge.msh import Msh
-from bridge.settings import MllpSettings
+from bridge.core.codes import Hl7Error
+from bridge.core.settings import MllpSettings
+from bridge.hl7.msh import Msh
 
 
 @dataclass(frozen=True)

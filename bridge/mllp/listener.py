@@ -3,7 +3,7 @@
 One task per connection; the frames of a connection are handled strictly one after the
 other (read MSH → gate → durable write → ACK), because ORM order/cancel sequences depend
 on order and MLLP senders wait for each ACK anyway. The durable write is synchronous
-(:mod:`bridge.intake`, rq's enqueue is sync) and runs in a bounded thread pool so the
+(:mod:`bridge.intake.submit`, rq's enqueue is sync) and runs in a bounded thread pool so the
 event loop keeps serving other connections meanwhile.
 
 Nothing is dropped silently: every complete frame gets an answer (AA/CA after the
@@ -16,7 +16,6 @@ Logs carry control id, sender, type, size, code and latency; never message conte
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -35,18 +34,19 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from bridge import deadletter, framing, metrics
-from bridge.ack import AckPolicy, Outcome, build_ack
-from bridge.codes import Hl7Error
-from bridge.connections import async_client, sync_client
-from bridge.errors import ConfigError, StoreUnavailable
-from bridge.gate import check_decodable, check_header
-from bridge.intake import AppResult, IntakeRecord, SubmitKind, submit
-from bridge.keys import Keys
-from bridge.logs import fields
-from bridge.msh import Msh, MshError, read_msh
-from bridge.role_runtime import RoleRuntime
-from bridge.settings import Settings
+from bridge.core import metrics
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import ConfigError, StoreUnavailable
+from bridge.core.logs import fields
+from bridge.core.settings import Settings
+from bridge.hl7.ack import AckPolicy, Outcome, build_ack
+from bridge.hl7.msh import Msh, MshError, read_msh
+from bridge.intake import deadletter
+from bridge.intake.submit import AppResult, IntakeRecord, SubmitKind, submit
+from bridge.mllp import framing
+from bridge.mllp.gate import check_decodable, check_header
+from bridge.store.connections import async_client, sync_client
+from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -781,7 +781,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await listener.stop()
 
 
-async def _serve_until_signal(settings: Settings) -> int:
+async def serve_until_signal(settings: Settings) -> int:
+    """Serve until SIGINT/SIGTERM, then drain and return 0 (the ``listen`` role)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -790,15 +791,10 @@ async def _serve_until_signal(settings: Settings) -> int:
     return 0
 
 
-def command(settings: Settings, args: argparse.Namespace) -> int:
-    """``mwl-bridge listen``: serve until SIGINT/SIGTERM, then drain and exit 0."""
+def check_settings(settings: Settings) -> None:
+    """Fail fast (ConfigError, exit code 2) before the role starts anything."""
     if not settings.redis.url:
         raise ConfigError(
             "redis.url", "listen needs --redis-url (mwl-bridge run starts an embedded Redis)"
         )
-    tls_context(settings)  # fail fast with exit code 2 on unreadable TLS files
-    runtime = RoleRuntime.start(settings, "listener")  # heartbeat, /metrics, /readyz
-    try:
-        return asyncio.run(_serve_until_signal(settings))
-    finally:
-        runtime.stop()
+    tls_context(settings)  # unreadable TLS files

@@ -24,17 +24,17 @@ from typing import Any
 
 import redis
 
-from bridge import deadletter, embedded_redis
-from bridge.connections import sync_client
-from bridge.errors import ConfigError, StoreUnavailable
-from bridge.gate import check_decodable, check_header
-from bridge.intake import IntakeRecord, submit
-from bridge.keys import Keys
-from bridge.metrics import status_counts
-from bridge.msh import MshError, read_msh
-from bridge.settings import Settings, mask_url
-from bridge.store import CandidateQuery, WorklistStore
-from bridge.worklist import WorklistItem, to_dataset
+from bridge.core.errors import ConfigError, StoreUnavailable
+from bridge.core.settings import Settings, mask_url
+from bridge.hl7.msh import MshError, read_msh
+from bridge.intake import deadletter
+from bridge.intake.submit import IntakeRecord, submit
+from bridge.mllp.gate import check_decodable, check_header
+from bridge.store import embedded_redis
+from bridge.store.connections import sync_client
+from bridge.store.item import WorklistItem, to_dataset
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import CandidateQuery, WorklistStore, status_counts
 
 EXIT_NOT_FOUND = 1
 EXIT_UNAVAILABLE = 1

@@ -15,31 +15,31 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge import __version__
-from bridge.errors import ConfigError
-from bridge.logs import configure
-from bridge.settings import Settings, load_settings
+from bridge.core.errors import ConfigError
+from bridge.core.logs import configure
+from bridge.core.settings import Settings, load_settings
 
 EXIT_CONFIG = 2
 
 #: verb (or "verb sub") → "module:function"; the function takes (settings, args) → exit code.
 COMMANDS: dict[str, str] = {
-    "run": "bridge.supervisor:command",
-    "listen": "bridge.listener:command",
-    "worker": "bridge.workers:command",
-    "scp": "bridge.scp:command",
-    "send": "bridge.sender:command",
-    "find": "bridge.finder:command",
-    "status": "bridge.admin:status_command",
-    "mapping check": "bridge.mapping.commands:check_command",
-    "mapping test": "bridge.mapping.commands:test_command",
-    "worklist list": "bridge.admin:worklist_list",
-    "worklist show": "bridge.admin:worklist_show",
-    "worklist delete": "bridge.admin:worklist_delete",
-    "worklist purge": "bridge.admin:worklist_purge",
-    "deadletter list": "bridge.admin:deadletter_list",
-    "deadletter show": "bridge.admin:deadletter_show",
-    "deadletter replay": "bridge.admin:deadletter_replay",
-    "deadletter drop": "bridge.admin:deadletter_drop",
+    "run": "bridge.ops.supervisor:command",
+    "listen": "bridge.ops.roles:listen_command",
+    "worker": "bridge.ops.roles:worker_command",
+    "scp": "bridge.ops.roles:scp_command",
+    "send": "bridge.mllp.client:command",
+    "find": "bridge.ops.find:command",
+    "status": "bridge.ops.admin:status_command",
+    "mapping check": "bridge.ops.mapping_commands:check_command",
+    "mapping test": "bridge.ops.mapping_commands:test_command",
+    "worklist list": "bridge.ops.admin:worklist_list",
+    "worklist show": "bridge.ops.admin:worklist_show",
+    "worklist delete": "bridge.ops.admin:worklist_delete",
+    "worklist purge": "bridge.ops.admin:worklist_purge",
+    "deadletter list": "bridge.ops.admin:deadletter_list",
+    "deadletter show": "bridge.ops.admin:deadletter_show",
+    "deadletter replay": "bridge.ops.admin:deadletter_replay",
+    "deadletter drop": "bridge.ops.admin:deadletter_drop",
 }
 
 # Flags that set a setting: flag → (settings key, argparse kwargs). Each verb picks the

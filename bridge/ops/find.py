@@ -16,8 +16,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from bridge.admin import table
-from bridge.settings import Settings
+from bridge.core.settings import Settings
+from bridge.ops.admin import table
 
 EXIT_FAILED = 1
 

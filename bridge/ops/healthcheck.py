@@ -1,4 +1,4 @@
-"""``python -m bridge.healthcheck``: exit 0 when this container's ``/healthz`` answers.
+"""``python -m bridge.ops.healthcheck``: exit 0 when this container's ``/healthz`` answers.
 
 The Docker HEALTHCHECK. It reads the port the way the service does
 (``MWL_BRIDGE_OBS_METRICS_PORT``) and asks 127.0.0.1, so it needs no curl in the image.

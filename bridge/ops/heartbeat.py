@@ -20,8 +20,8 @@ import time
 import redis
 
 from bridge import __version__
-from bridge.keys import Keys
-from bridge.logs import fields
+from bridge.core.logs import fields
+from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 

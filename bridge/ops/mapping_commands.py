@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridge import hl7in
-from bridge.errors import MappingFileError, PermanentError
-from bridge.lifecycle import _new, item_id, order_aliases
-from bridge.mapping.apply import map_message
-from bridge.mapping.load import load_mapping
-from bridge.settings import Settings
-from bridge.worklist import to_dataset
+from bridge.core.errors import MappingFileError, PermanentError
+from bridge.core.settings import Settings
+from bridge.hl7 import parse as hl7parse
+from bridge.store.item import to_dataset
+from bridge.worker.lifecycle import _new, item_id, order_aliases
+from bridge.worker.mapping.apply import map_message
+from bridge.worker.mapping.load import load_mapping
 
 EXIT_REJECTED = 1
 EXIT_BAD_MAPPING = 2
@@ -48,7 +48,7 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
         raw = fh.read()
     try:
         default_charset = mapping.default_charset or settings.worker.default_charset
-        msg = hl7in.parse(raw, default_charset)
+        msg = hl7parse.parse(raw, default_charset)
         result = map_message(msg, mapping, settings.worker.local_timezone)
     except PermanentError as exc:
         print(

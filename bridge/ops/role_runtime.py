@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge import metrics
-from bridge.connections import sync_client
-from bridge.heartbeat import Heartbeat
-from bridge.keys import Keys
-from bridge.settings import Settings
+from bridge.core import metrics
+from bridge.core.settings import Settings
+from bridge.ops import redis_metrics
+from bridge.ops.heartbeat import Heartbeat
+from bridge.store.connections import sync_client
+from bridge.store.keys import Keys
 
 
 @dataclass
@@ -34,7 +35,7 @@ class RoleRuntime:
         server = None
         if settings.obs.metrics_port:
             try:
-                server = metrics.serve(
+                server = redis_metrics.serve(
                     settings.obs.metrics_host, settings.obs.metrics_port, client, keys
                 )
             except BaseException:

@@ -2,7 +2,7 @@
 
 What it does, in order:
 
-1. With no ``redis.url`` it starts the embedded redis-server (:mod:`bridge.embedded_redis`).
+1. With no ``redis.url`` it starts the embedded redis-server (:mod:`bridge.store.embedded_redis`).
 2. It writes the merged settings (file + env + flags, Redis URL filled in) to a private
    TOML file and starts ``python -m bridge listen``, ``worker.workers`` times
    ``python -m bridge worker`` and ``python -m bridge scp`` with ``--config`` pointing
@@ -45,14 +45,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from bridge import __version__, localzone, metrics
-from bridge.config_file import render
-from bridge.connections import sync_client
-from bridge.embedded_redis import EmbeddedRedis
-from bridge.keys import Keys
-from bridge.lifeline import die_with_parent
-from bridge.logs import fields
-from bridge.settings import DEFAULT_CONFIG_ENV, ENV_ALIASES, ENV_PREFIX, Settings, mask_url
+from bridge import __version__
+from bridge.core import localzone, metrics
+from bridge.core.config_file import render
+from bridge.core.lifeline import die_with_parent
+from bridge.core.logs import fields
+from bridge.core.settings import DEFAULT_CONFIG_ENV, ENV_ALIASES, ENV_PREFIX, Settings, mask_url
+from bridge.ops import redis_metrics
+from bridge.store.connections import sync_client
+from bridge.store.embedded_redis import EmbeddedRedis
+from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -365,8 +367,8 @@ def _serve_metrics(
 ) -> metrics.MetricsServer:
     client = sync_client(settings.redis, url)
     registry = metrics.aggregate_registry(str(metrics_dir))
-    registry.register(metrics.RedisCollector(client, Keys(settings.redis.key_prefix)))
-    metrics.register_readiness("redis", metrics.redis_ping_check(client))
+    registry.register(redis_metrics.RedisCollector(client, Keys(settings.redis.key_prefix)))
+    metrics.register_readiness("redis", redis_metrics.redis_ping_check(client))
     metrics.register_readiness("mllp", lambda: _tcp_open(settings.mllp.host, settings.mllp.port))
     metrics.register_readiness("scp", lambda: _tcp_open(settings.scp.host, settings.scp.port))
     metrics.register_readiness("workers", lambda: supervisor.alive("worker-") > 0)

@@ -1,6 +1,6 @@
 """pynetdicom event handlers of the MWL SCP: C-FIND (a generator) and C-ECHO.
 
-Bound with their dependencies by :mod:`bridge.scp` (``evt_handlers=[(evt.EVT_C_FIND,
+Bound with their dependencies by :mod:`bridge.scp.server` (``evt_handlers=[(evt.EVT_C_FIND,
 handle_find, [store, settings])]``). Every status of PS3.4 Table K.4-1 is decided here;
 no exception escapes to pynetdicom (which would answer its generic C311):
 
@@ -16,26 +16,25 @@ The final Success (0000) is sent by pynetdicom when the generator ends.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from bridge import find_sender, metrics
-from bridge.codes import CFindStatus
-from bridge.errors import StoreUnavailable
-from bridge.logs import fields, log_failure
-from bridge.matching import MatchOptions, matches
-from bridge.query import QueryError, WorklistQuery, parse_identifier
-from bridge.response import ResponseCache, ResponseError, encoded_response
-from bridge.settings import ScpSettings
-from bridge.store import WorklistStore
-from bridge.worklist import WorklistItem
+from bridge.core import metrics
+from bridge.core.codes import CFindStatus
+from bridge.core.errors import StoreUnavailable
+from bridge.core.logs import fields, log_failure
+from bridge.core.settings import ScpSettings
+from bridge.scp import pynetdicom_compat
+from bridge.scp.matching import MatchOptions, matches
+from bridge.scp.query import QueryError, WorklistQuery, parse_identifier
+from bridge.scp.response import ResponseCache, ResponseError, encoded_response
+from bridge.store.item import WorklistItem
+from bridge.store.worklist_store import WorklistStore
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ FindResult = tuple[int | Dataset, Dataset | None]
 #: How often (in items) the pre-count of an over-large candidate set checks for cancel.
 _CANCEL_CHECK_EVERY = 256
 #: Every this many Pendings the handler lets the send queue drain (see
-#: _wait_for_send_queue): bounds how late a C-CANCEL is noticed.
+#: pynetdicom_compat.wait_for_send_queue): bounds how late a C-CANCEL is noticed.
 _DRAIN_EVERY = 8
 #: (0000,0902) Error Comment is LO: 64 characters.
 _COMMENT_MAX = 64
@@ -226,7 +225,7 @@ def _find(
             log.error("cfind.item_skipped", extra=fields(item_id=item.item_id, reason=str(exc)))
             continue
         if sent % _DRAIN_EVERY == 0:
-            _wait_for_send_queue(event)
+            pynetdicom_compat.wait_for_send_queue(event.assoc)
         if event.is_cancelled:
             outcome.update(status="FE00", matches=sent)
             yield CFindStatus.CANCEL, None
@@ -237,25 +236,6 @@ def _find(
     if event.is_cancelled:
         outcome["status"] = "FE00"
         yield CFindStatus.CANCEL, None
-
-
-def _wait_for_send_queue(event: Any, limit_s: float = 30.0) -> None:
-    """Let pynetdicom's DUL drain the responses already queued before yielding more.
-
-    The DUL reactor always sends a queued PDU before it reads the socket, so if the
-    handler queues matches faster than they go out, an incoming C-CANCEL-FIND-RQ is
-    only read after every queued response was sent and ``is_cancelled`` never sees it
-    in time. Waiting for an empty send queue gives the reactor a read turn between
-    responses; it costs little, the reactor paces sending anyway. The queue is polled
-    every 0.1 ms: at 0.5 ms the wait itself cost ~10 ms of a 167-match query. Without the
-    attribute (another pynetdicom version) this is a no-op.
-    """
-    queue = getattr(getattr(event.assoc, "dul", None), "to_provider_queue", None)
-    if queue is None:
-        return
-    deadline = time.monotonic() + limit_s
-    while queue.qsize() > 0 and event.assoc.is_established and time.monotonic() < deadline:
-        time.sleep(0.0001)
 
 
 #: Final C-FIND status (hex) → the mwl_cfind_requests label (PS3.4 Table K.4-1 classes).
@@ -280,54 +260,10 @@ def handle_conn_close(event: Any) -> None:
 
 
 def handle_conn_open(event: Any) -> None:
-    """EVT_CONN_OPEN: switch Nagle's algorithm off on the association's socket, ACK
-    every read at once, send Pending C-FIND responses through bridge.find_sender.
-
-    pynetdicom writes a C-FIND-RSP as two small PDUs (command, then identifier); with
-    Nagle on, the second waits for the peer's delayed ACK (~40 ms on Linux) — a stall
-    on every query with matches. Best effort: the socket attribute is pynetdicom's.
-    """
+    """EVT_CONN_OPEN: one association more on the gauge; the socket and the Pending
+    response path tuned by :func:`bridge.scp.pynetdicom_compat.tune_association`."""
     metrics.ASSOCIATIONS_OPEN.inc()
-    try:
-        assoc_socket = event.assoc.dul.socket
-        sock = assoc_socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _ack_every_read(assoc_socket, sock)
-        find_sender.install(event.assoc)
-    except (AttributeError, OSError):  # pragma: no cover - other pynetdicom versions
-        log.debug("scp.nodelay_unavailable")
-
-
-#: Linux only; elsewhere delayed ACKs stay as the kernel has them.
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-
-
-def _ack_every_read(assoc_socket: Any, sock: socket.socket) -> None:
-    """ACK the peer's data as soon as it is read, not ~40 ms later.
-
-    DCMTK (findscu, echoscu, wlmscu and the many modalities built on it) leaves
-    Nagle's algorithm on and writes a PDU's header and body, or a C-FIND-RQ's command
-    and identifier, in separate writes: the second write waits until we ACK the first.
-    Once a connection has seen a request and a reply, Linux delays that ACK (delayed
-    ACK, 40 ms minimum), so every association paid 40 ms or more of idle time
-    (measured: C-ECHO 75 ms → 25 ms, query (a) at 100k items 163 ms → 118 ms). The
-    kernel resets TCP_QUICKACK by itself, so it is set again after every read; setting
-    it also sends an ACK that is pending. Best effort: ``recv`` is pynetdicom's
-    AssociationSocket method, wrapped on this association's socket only.
-    """
-    if _TCP_QUICKACK is None:
-        return
-    read = assoc_socket.recv
-
-    def recv_and_ack(nr_bytes: int) -> bytearray:
-        data = read(nr_bytes)
-        # A closing socket may refuse the option; the read's result is what matters.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        return data
-
-    assoc_socket.recv = recv_and_ack
+    pynetdicom_compat.tune_association(event.assoc)
 
 
 def handle_echo(event: Any) -> int:

@@ -1,38 +1,153 @@
-"""C-FIND Pending responses sent with their command set encoded once per query.
+"""Every use of pynetdicom's internals, in one place, behind a version guard.
 
-Why: for every response pynetdicom builds a C-FIND-RSP command set as a pydicom Dataset
-and encodes it twice (once to learn the group length): measured ~60 % of the ~0.5 ms
-each match cost, so a query returning 167 items spent ~50 ms there. Within one query
-every Pending response has the same command set — Command Field, Message ID Being
-Responded To, Affected SOP Class UID, Status, Command Data Set Type — so this sends
-the bytes pynetdicom produced for the first one with each later identifier, fragmented
-into P-DATA exactly as ``DIMSEMessage.encode_msg`` does (command PDVs, then data set
-PDVs, each within the peer's maximum PDU length). ``tests/test_find_sender.py``
-compares the PDUs on the wire with pynetdicom's own.
+Verified against pynetdicom **3.0.4** (:data:`VERIFIED_VERSIONS`). On any other version
+(or with ``MWL_BRIDGE_STOCK_LIBRARIES=1``) :data:`FAST` is False, one WARNING is logged
+at import (:mod:`bridge.core.library_guard`), and every function below takes pynetdicom's
+stock public-API path: associations keep pynetdicom's socket settings and its own
+``send_msg``, and the C-FIND handler does not wait on the send queue. Queries then cost
+more (see ``bench/RESULTS.md``) but answer the same bytes (``tests/test_find_sender.py``
+runs both paths).
 
-Anything else — another message, a final or failure status, a bound EVT_DIMSE_SENT
-handler of our own, pynetdicom's logger at DEBUG (its standard handler logs each
-message) — goes through pynetdicom's ``send_msg`` unchanged. Installed per association
-(:func:`install`, from EVT_CONN_OPEN), not on the library.
+What the fast path does, and the internals it touches:
+
+* **Pending C-FIND responses with their command set encoded once per query**
+  (:func:`install`; ``Association.dimse.send_msg``, ``dimse.dul.send_pdu``,
+  ``dimse.maximum_pdu_size``, ``pynetdicom._handlers.standard_dimse_sent_handler``,
+  ``dimse_messages.C_FIND_RSP``). For every response pynetdicom builds a C-FIND-RSP
+  command set as a pydicom Dataset and encodes it twice (once to learn the group
+  length): measured ~60 % of the ~0.5 ms each match cost, so a query returning 167 items
+  spent ~50 ms there. Within one query every Pending response has the same command set
+  — Command Field, Message ID Being Responded To, Affected SOP Class UID, Status, Command
+  Data Set Type — so the bytes pynetdicom produced for the first one are sent with each
+  later identifier, fragmented into P-DATA exactly as ``DIMSEMessage.encode_msg`` does
+  (command PDVs, then data set PDVs, each within the peer's maximum PDU length). Anything
+  else — another message, a final or failure status, a bound EVT_DIMSE_SENT handler of
+  our own, pynetdicom's logger at DEBUG (its standard handler logs each message) — goes
+  through pynetdicom's ``send_msg`` unchanged. Installed per association, not on the
+  library.
+* **TCP_NODELAY and an ACK after every read** (:func:`tune_association`;
+  ``Association.dul.socket`` and its ``recv``): pynetdicom writes a C-FIND-RSP as two
+  small PDUs, and DCMTK peers leave Nagle on and write a PDU in two pieces, so both
+  sides otherwise wait ~40 ms for a delayed ACK on every association.
+* **Waiting for the send queue to drain** (:func:`wait_for_send_queue`;
+  ``Association.dul.to_provider_queue``) so a C-CANCEL-FIND-RQ is read in time.
+
+:func:`hide_identifiers` sets pynetdicom's documented configuration flags
+(``pynetdicom._config``) on both paths: PHI must never reach the logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import time
 from typing import Any
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom._handlers import standard_dimse_sent_handler
 from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
+from bridge.core.library_guard import fast_path_allowed
+
+log = logging.getLogger(__name__)
+
+VERIFIED_VERSIONS = ("3.0.4",)
+#: Whether the fast paths below are used (decided once at import; tests flip it).
+FAST = fast_path_allowed("pynetdicom", VERIFIED_VERSIONS)
+
 _PENDING = (0xFF00, 0xFF01)
 _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
 
 
+
+def hide_identifiers() -> None:
+    """pynetdicom logs whole C-FIND identifiers (patient names, IDs) at INFO by default;
+    switch that off (documented configuration module, set on every path) and keep its
+    association chatter, which names peers, below INFO too."""
+    for flag in ("LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS"):
+        if hasattr(_config, flag):
+            setattr(_config, flag, False)
+    pnd_log = logging.getLogger("pynetdicom")
+    pnd_log.setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def tune_association(assoc: Any) -> None:
+    """EVT_CONN_OPEN: Nagle off, an ACK after every read, fast Pending responses.
+
+    Best effort on the fast path (another build of the same version may lack an
+    attribute); nothing at all on the stock path.
+    """
+    if not FAST:
+        return
+    try:
+        assoc_socket = assoc.dul.socket
+        sock = assoc_socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _ack_every_read(assoc_socket, sock)
+        install(assoc)
+    except (AttributeError, OSError):  # pragma: no cover - an odd build of the version
+        log.debug("scp.tuning_unavailable")
+
+
+#: Linux only; elsewhere delayed ACKs stay as the kernel has them.
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def _ack_every_read(assoc_socket: Any, sock: socket.socket) -> None:
+    """ACK the peer's data as soon as it is read, not ~40 ms later.
+
+    DCMTK (findscu, echoscu, wlmscu and the many modalities built on it) leaves
+    Nagle's algorithm on and writes a PDU's header and body, or a C-FIND-RQ's command
+    and identifier, in separate writes: the second write waits until we ACK the first.
+    Once a connection has seen a request and a reply, Linux delays that ACK (delayed
+    ACK, 40 ms minimum), so every association paid 40 ms or more of idle time
+    (measured: C-ECHO 75 ms → 25 ms, query (a) at 100k items 163 ms → 118 ms). The
+    kernel resets TCP_QUICKACK by itself, so it is set again after every read; setting
+    it also sends an ACK that is pending. ``recv`` is pynetdicom's AssociationSocket
+    method, wrapped on this association's socket only.
+    """
+    if _TCP_QUICKACK is None:
+        return
+    read = assoc_socket.recv
+
+    def recv_and_ack(nr_bytes: int) -> bytearray:
+        data = read(nr_bytes)
+        # A closing socket may refuse the option; the read's result is what matters.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        return data
+
+    assoc_socket.recv = recv_and_ack
+
+
+def wait_for_send_queue(assoc: Any, limit_s: float = 30.0) -> None:
+    """Let pynetdicom's DUL drain the responses already queued before yielding more.
+
+    The DUL reactor always sends a queued PDU before it reads the socket, so if the
+    handler queues matches faster than they go out, an incoming C-CANCEL-FIND-RQ is
+    only read after every queued response was sent and ``is_cancelled`` never sees it
+    in time. Waiting for an empty send queue gives the reactor a read turn between
+    responses; it costs little, the reactor paces sending anyway. The queue is polled
+    every 0.1 ms: at 0.5 ms the wait itself cost ~10 ms of a 167-match query. On the
+    stock path this is a no-op (a cancel is then noticed later, never missed at the end).
+    """
+    if not FAST:
+        return
+    queue = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    if queue is None:
+        return
+    deadline = time.monotonic() + limit_s
+    while queue.qsize() > 0 and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
 def install(assoc: Any) -> None:
+    """Send this association's Pending C-FIND responses with a cached command set."""
     dimse = assoc.dimse
     pynetdicom_send = dimse.send_msg
     cached: dict[tuple[Any, ...], bytes] = {}

@@ -1,7 +1,7 @@
 """A C-FIND Identifier (pydicom Dataset) → a validated worklist query.
 
 The query holds three things: the matching conditions for the pure matcher
-(:mod:`bridge.matching`), the requested keys the response must carry (matching keys are
+(:mod:`bridge.scp.matching`), the requested keys the response must carry (matching keys are
 return keys too, PS3.4 K.2.2.1.2), and the :class:`~bridge.store.CandidateQuery` the
 store's indexes can answer. An Identifier that does not fit the model raises
 :class:`QueryError` with the status, Offending Element and Error Comment to send.
@@ -23,8 +23,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from bridge.codes import CFindStatus
-from bridge.matching import (
+from bridge.core.codes import CFindStatus
+from bridge.core.settings import ScpSettings
+from bridge.scp.matching import (
     COMBINED_DATETIME,
     SEQUENCE_KEYS,
     SPS_KEYWORD,
@@ -39,8 +40,7 @@ from bridge.matching import (
     parse_range,
     parse_value_condition,
 )
-from bridge.settings import ScpSettings
-from bridge.store import CandidateQuery
+from bridge.store.worklist_store import CandidateQuery
 
 SPS_STATUS = "ScheduledProcedureStepStatus"
 STATION = "ScheduledStationAETitle"

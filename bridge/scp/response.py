@@ -29,8 +29,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom.dsutils import decode, encode
 
-from bridge.matching import SEQUENCE_KEYS, SPS_KEYWORD, KeySpec
-from bridge.query import RequestedKey, WorklistQuery
+from bridge.scp.matching import SEQUENCE_KEYS, SPS_KEYWORD, KeySpec
+from bridge.scp.query import RequestedKey, WorklistQuery
 
 #: VRs whose values may use the extended character set (PS3.5 6.1.2.3); all others
 #: must be in the default repertoire.

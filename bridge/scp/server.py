@@ -2,7 +2,7 @@
 
 Accepts Modality Worklist Information Model – FIND (1.2.840.10008.5.1.4.31) and
 Verification (1.2.840.10008.1.1) with Implicit and Explicit VR Little Endian. Handlers
-live in :mod:`bridge.handlers`; each association runs in its own pynetdicom thread with
+live in :mod:`bridge.scp.handlers`; each association runs in its own pynetdicom thread with
 the shared (thread-safe, pooled) Redis client.
 
 Association policy: if ``scp.allowed_calling_aes`` is set, any other calling AE title
@@ -13,17 +13,12 @@ is not checked (it selects the logical worklist when ``scp.per_called_ae_worklis
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import threading
 import time
-from types import FrameType
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
-from pynetdicom import _config as pnd_config
 from pynetdicom.sop_class import (
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
@@ -32,16 +27,15 @@ from pynetdicom.sop_class import (
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge import metrics
-from bridge.connections import sync_client
-from bridge.errors import ConfigError
-from bridge.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_find
-from bridge.keys import Keys
-from bridge.logs import fields
-from bridge.response import ResponseCache
-from bridge.role_runtime import RoleRuntime
-from bridge.settings import Settings
-from bridge.store import WorklistStore
+from bridge.core.errors import ConfigError
+from bridge.core.logs import fields
+from bridge.core.settings import Settings
+from bridge.scp import pynetdicom_compat
+from bridge.scp.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_find
+from bridge.scp.response import ResponseCache
+from bridge.store.connections import sync_client
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +52,7 @@ OTHER_FIND_MODELS = [
 def build_ae(settings: Settings) -> AE:
     """The configured Application Entity (not yet listening)."""
     scp = settings.scp
-    # pynetdicom would log whole identifiers (patient names, IDs) at INFO.
-    pnd_config.LOG_REQUEST_IDENTIFIERS = False
-    pnd_config.LOG_RESPONSE_IDENTIFIERS = False
+    pynetdicom_compat.hide_identifiers()  # no patient names or IDs in its INFO logs
     ae = AE(ae_title=scp.ae_title)
     ae.add_supported_context(ModalityWorklistInformationFind, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
@@ -154,28 +146,3 @@ class MwlScp:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def command(settings: Settings, args: argparse.Namespace) -> int:
-    """``mwl-bridge scp``: serve until SIGINT/SIGTERM, then shut down cleanly."""
-    scp = MwlScp(settings)
-    stop = threading.Event()
-
-    def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("scp.signal", extra=fields(signal=signal.Signals(signum).name))
-        stop.set()
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    runtime = RoleRuntime.start(settings, "scp")  # heartbeat, /metrics, /readyz
-    try:
-        scp.start()
-        metrics.register_readiness("scp", scp.is_serving)
-        while not stop.wait(1.0):
-            pass
-    finally:
-        metrics.unregister_readiness("scp")
-        scp.stop()
-        runtime.stop()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 0

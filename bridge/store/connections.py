@@ -10,7 +10,7 @@ from __future__ import annotations
 import redis
 import redis.asyncio as aioredis
 
-from bridge.settings import RedisSettings
+from bridge.core.settings import RedisSettings
 
 
 def sync_client(settings: RedisSettings, url: str | None = None) -> redis.Redis:

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import redis
 
-from bridge.errors import ConfigError
-from bridge.lifeline import die_with_parent
-from bridge.logs import fields
-from bridge.settings import RedisSettings
+from bridge.core.errors import ConfigError
+from bridge.core.lifeline import die_with_parent
+from bridge.core.logs import fields
+from bridge.core.settings import RedisSettings
 
 log = logging.getLogger(__name__)
 

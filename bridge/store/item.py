@@ -26,7 +26,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from bridge.codes import SpsStatus
+from bridge.core.codes import SpsStatus
 
 SPS = "ScheduledProcedureStepSequence"
 
@@ -41,7 +41,7 @@ def to_dataset(attrs: dict[str, Any]) -> Dataset:
     Sequences become nested Datasets, multi-valued strings stay lists, integer VRs
     (e.g. PregnancyStatus, US) become ints. Keywords pydicom does not know are skipped:
     they are bridge bookkeeping, not DICOM. (C-FIND responses are built by
-    ``bridge.response``, which also chooses the character set and checks every VR.)
+    ``bridge.scp.response``, which also chooses the character set and checks every VR.)
     """
     ds = Dataset()
     for keyword, value in attrs.items():

@@ -1,6 +1,6 @@
 """The worklist store in Redis: one JSON record per Scheduled Procedure Step plus indexes.
 
-Layout (templates in :mod:`bridge.keys`):
+Layout (templates in :mod:`bridge.store.keys`):
 
 * ``item:<id>`` — the :class:`~bridge.worklist.WorklistItem` as JSON;
 * ``idx:start`` — sorted set, score = SPS start as the number ``YYYYMMDDHHMMSS``;
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from bridge.errors import StoreUnavailable, TransientError
-from bridge.keys import Keys
-from bridge.worklist import WorklistItem
+from bridge.core.codes import SpsStatus
+from bridge.core.errors import StoreUnavailable, TransientError
+from bridge.store.item import WorklistItem
+from bridge.store.keys import Keys
 
 #: Equality indexes: field name → what it holds.
 INDEXED_FIELDS: dict[str, str] = {
@@ -347,3 +348,15 @@ class WorklistStore:
 
     def find(self, query: CandidateQuery) -> Iterator[WorklistItem]:
         return self.load(self.candidate_ids(query))
+
+
+def status_counts(client: redis.Redis, keys: Keys) -> dict[str, int]:
+    """Item count per SPS status (every defined term, zeros included), from the store's
+    ``idx:status:<status>`` sets: one SCARD each, never a scan of the keyspace."""
+    statuses = [str(s) for s in SpsStatus]
+    pipe = client.pipeline(transaction=False)
+    for status in statuses:
+        pipe.scard(keys.index("status", status))
+    return {s: int(n) for s, n in zip(statuses, pipe.execute(), strict=True)}
+
+

@@ -2,7 +2,7 @@
 
 Why: with ``appendfsync always`` each write round trip waits for Redis's fsync, which
 took 3–10 ms on a shared VM disk with two workers. Storing a batch's outcomes and
-writing its run (two scripts, see :mod:`bridge.sequencer`) left a worker idle for
+writing its run (two scripts, see :mod:`bridge.worker.sequencer`) left a worker idle for
 about a tenth of its time. In the ``worker`` verb a job therefore hands the outcomes of
 its batch to this thread and returns; rq gives the worker its next job, and the thread
 waits for Redis while the worker parses.
@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import redis
 
-from bridge.errors import TransientError
-from bridge.logs import fields, log_failure
+from bridge.core.errors import TransientError
+from bridge.core.logs import fields, log_failure
 
 log = logging.getLogger(__name__)
 

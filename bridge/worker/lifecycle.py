@@ -37,13 +37,13 @@ from typing import Any
 
 import redis
 
-from bridge.codes import FINAL_SPS_STATUSES, SpsStatus
-from bridge.keys import Keys
-from bridge.logs import fields
-from bridge.mapping.apply import MappedGroup, MappedItem, MappingResult
-from bridge.settings import WorkerSettings
-from bridge.store import WorklistStore
-from bridge.worklist import SPS, WorklistItem
+from bridge.core.codes import FINAL_SPS_STATUSES, SpsStatus
+from bridge.core.logs import fields
+from bridge.core.settings import WorkerSettings
+from bridge.store.item import SPS, WorklistItem
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
+from bridge.worker.mapping.apply import MappedGroup, MappedItem, MappingResult
 
 log = logging.getLogger(__name__)
 

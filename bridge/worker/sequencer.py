@@ -42,17 +42,18 @@ from rq.job import Job
 from rq.queue import Queue
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from bridge import deadletter, metrics
-from bridge.applier import BackgroundApplier
-from bridge.codes import Hl7Error
-from bridge.errors import PermanentError, StoreUnavailable, TransientError
-from bridge.intake import JOB_ID_PREFIX
-from bridge.keys import Keys
-from bridge.lifecycle import Planner, emit_logs, order_aliases
-from bridge.logs import fields, log_failure
-from bridge.mapping.apply import MappingResult
-from bridge.settings import WorkerSettings
-from bridge.store import APPLY_BATCH_LUA_FUNCTION, WorklistStore, batch_json
+from bridge.core import metrics
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import PermanentError, StoreUnavailable, TransientError
+from bridge.core.logs import fields, log_failure
+from bridge.core.settings import WorkerSettings
+from bridge.intake import deadletter
+from bridge.intake.submit import JOB_ID_PREFIX
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import APPLY_BATCH_LUA_FUNCTION, WorklistStore, batch_json
+from bridge.worker.background import BackgroundApplier
+from bridge.worker.lifecycle import Planner, emit_logs, order_aliases
+from bridge.worker.mapping.apply import MappingResult
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +438,7 @@ class Sequencer:
     # -- apply (serial, in ACK order) ----------------------------------------------------
     def apply_in_background(self) -> None:
         """From now on a fresh batch's outcomes are stored and applied by a thread while
-        the worker goes on parsing (the ``worker`` verb; see :mod:`bridge.applier`)."""
+        the worker goes on parsing (the ``worker`` verb; see :mod:`bridge.worker.background`)."""
         if self.applier is None:
             self.applier = BackgroundApplier(self.drain)
 

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bridge import localzone
-from bridge.codes import Hl7Error
-from bridge.errors import MessageRejected
-from bridge.hl7in import Message, Node, Segment
-from bridge.mapping import transforms as tf
-from bridge.mapping.schema import Mapping, Rule, Source
+from bridge.core import localzone
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import MessageRejected
+from bridge.hl7.message import Message, Node, Segment
+from bridge.worker.mapping import transforms as tf
+from bridge.worker.mapping.schema import Mapping, Rule, Source
 
 #: Segments that belong to an order group; a path never reaches another group's copy.
 GROUP_SEGMENTS = frozenset({"ORC", "OBR", "NTE", "ZDS", "TQ1", "TQ2", "OBX", "DG1", "BLG", "CTI"})

@@ -20,10 +20,12 @@ from typing import Any
 import yaml
 from pydicom.datadict import dictionary_VR, keyword_dict
 
-from bridge.codes import SpsStatus
-from bridge.errors import MappingFileError
-from bridge.hl7in import CHARSETS, parse_path
-from bridge.mapping.schema import (
+from bridge.core.codes import SpsStatus
+from bridge.core.errors import MappingFileError
+from bridge.hl7.charsets import CHARSETS
+from bridge.hl7.message import parse_path
+from bridge.store.item import SPS
+from bridge.worker.mapping.schema import (
     ACTIONS,
     ON_MISSING,
     TOO_LONG,
@@ -32,7 +34,6 @@ from bridge.mapping.schema import (
     Rule,
     Source,
 )
-from bridge.worklist import SPS
 
 #: The shipped default mapping (IHE Scheduled Workflow, RAD TF-2 Appendix B):
 #: ``mappings/ihe-rad.yaml`` in a source checkout; installed packages carry it as

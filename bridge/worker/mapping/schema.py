@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bridge.hl7in import PathSpec
+from bridge.hl7.message import PathSpec
 
 #: Value transforms (see ``transforms.py``).
 TRANSFORMS = (
@@ -32,7 +32,7 @@ ON_MISSING = ("reject", "skip", "keep", "empty")
 #: What a too-long value does (per VR maximum length, PS3.5 Table 6.2-1).
 TOO_LONG = ("truncate", "reject")
 
-#: Lifecycle actions (see ``bridge.lifecycle``).
+#: Lifecycle actions (see ``bridge.worker.lifecycle``).
 ACTIONS = ("create", "update", "status", "final", "hide", "show", "ignore")
 
 

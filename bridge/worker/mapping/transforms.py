@@ -11,9 +11,10 @@ import re
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from bridge.codes import Hl7Error
-from bridge.errors import MessageRejected
-from bridge.hl7in import DICOM_CHARSETS, Node
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import MessageRejected
+from bridge.hl7.charsets import DICOM_CHARSETS
+from bridge.hl7.message import Node
 
 _TS = re.compile(
     r"^(?P<y>\d{4})(?P<mo>\d{2})?(?P<d>\d{2})?(?P<h>\d{2})?(?P<mi>\d{2})?(?P<s>\d{2})?"
