@@ -21,8 +21,8 @@ import redis
 from bridge_process import Run, gone, wait_for
 from redis_server import RedisServer
 
-from bridge.core import metrics
 from bridge.core.settings import RedisSettings
+from bridge.ops import redis_metrics
 from bridge.store.embedded_redis import EmbeddedRedis
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
@@ -80,7 +80,7 @@ def main() -> None:
     try:
         client = redis.Redis.from_url(server.url)
         keys = Keys("mwl")
-        srv = metrics.serve("127.0.0.1", 0, client, keys)
+        srv = redis_metrics.serve("127.0.0.1", 0, client, keys)
         empty = scrape_ms(srv.port, a.scrapes)
         store = WorklistStore(client, keys)
         batch: list[WorklistItem] = []

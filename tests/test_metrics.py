@@ -19,6 +19,7 @@ from rq import Queue
 from bridge.core import metrics
 from bridge.intake import deadletter
 from bridge.intake.deadletter import DeadLetter
+from bridge.ops import redis_metrics
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
@@ -60,7 +61,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def server(redis_client: redis.Redis, keys: Keys) -> Iterator[metrics.MetricsServer]:
-    srv = metrics.serve("127.0.0.1", 0, redis_client, keys)
+    srv = redis_metrics.serve("127.0.0.1", 0, redis_client, keys)
     yield srv
     srv.close()
     metrics.unregister_readiness("redis")
@@ -140,7 +141,7 @@ def test_redis_down_makes_readyz_503_and_up_0(keys: Keys) -> None:
     from redis_server import free_port
 
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
-    srv = metrics.serve("127.0.0.1", 0, dead, keys)
+    srv = redis_metrics.serve("127.0.0.1", 0, dead, keys)
     try:
         base = f"http://127.0.0.1:{srv.port}"
         assert get(base + "/healthz")[0] == 200
@@ -158,7 +159,7 @@ def test_counters_of_child_processes_are_summed(tmp_path: Path) -> None:
     """What the supervisor serves under `mwl-bridge run`: the sum over its children."""
     env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
     code = (
-        "from bridge import metrics;"
+        "from bridge.core import metrics;"
         "metrics.ACKS.labels(code='AA').inc(2);"
         "metrics.CFIND_DURATION.observe(0.01)"
     )

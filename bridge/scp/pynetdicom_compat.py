@@ -65,14 +65,12 @@ _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
 
 
 def hide_identifiers() -> None:
-    """pynetdicom logs whole C-FIND identifiers (patient names, IDs) at INFO by default;
-    switch that off (documented configuration module, set on every path) and keep its
-    association chatter, which names peers, below INFO too."""
+    """pynetdicom logs whole C-FIND identifiers (patient names, IDs) at INFO by default:
+    switch that off (its documented configuration module, set on every path). Its
+    logger's level is set with the others by :func:`bridge.core.logs.configure`."""
     for flag in ("LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS"):
         if hasattr(_config, flag):
             setattr(_config, flag, False)
-    pnd_log = logging.getLogger("pynetdicom")
-    pnd_log.setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def tune_association(assoc: Any) -> None:

@@ -8,10 +8,10 @@ Layout (templates in :mod:`bridge.store.keys`):
 * ``itemidx:<id>`` — the index keys an item is in, so an update removes stale entries;
 * ``expiry`` — sorted set, score = epoch second at which a finished item is purged.
 
-Writes go through one Lua script per batch, so a reader never sees an item without its
-indexes or an index entry without its item, and all items of one HL7 message change
-together. The scripts touch keys they compute, so the store needs a single Redis (or
-Sentinel / a managed primary), not Redis Cluster.
+Writes go through one Lua script per batch (``lua/store_apply.lua``), so a reader
+never sees an item without its indexes or an index entry without its item, and all
+items of one HL7 message change together. The scripts touch keys they compute, so the
+store needs a single Redis (or Sentinel / a managed primary), not Redis Cluster.
 
 Reads plan a query from index cardinalities: the smallest candidate set drives, the
 other criteria filter it server-side (``SMISMEMBER`` / ``ZMSCORE``), and only then are
@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from bridge.core.codes import SpsStatus
 from bridge.core.errors import StoreUnavailable, TransientError
+from bridge.store import lua
 from bridge.store.item import WorklistItem
 from bridge.store.keys import Keys
 
@@ -46,53 +48,6 @@ INDEXED_FIELDS: dict[str, str] = {
 }
 
 _LOAD_CHUNK = 256
-
-# The batch write as a Lua function, shared by the store's own script and by the
-# workers' finalize script (items and the ingest pop in one atomic call, one fsync).
-# start_key = idx:start, expiry_key = expiry, batch_json = :func:`batch_json` output:
-# {"upserts": [{"id", "key", "idxkey", "json", "indexes": [...], "score", "expire_at"}],
-#  "deletes": [{"id", "key", "idxkey"}]}
-APPLY_BATCH_LUA_FUNCTION = """
-local function apply_batch(start_key, expiry_key, batch_json)
-  local batch = cjson.decode(batch_json)
-  local function unindex(id, idxkey)
-    local old = redis.call('GET', idxkey)
-    if old then
-      for _, k in ipairs(cjson.decode(old)) do redis.call('SREM', k, id) end
-    end
-  end
-  for _, d in ipairs(batch.deletes) do
-    unindex(d.id, d.idxkey)
-    redis.call('DEL', d.key, d.idxkey)
-    redis.call('ZREM', start_key, d.id)
-    redis.call('ZREM', expiry_key, d.id)
-  end
-  for _, u in ipairs(batch.upserts) do
-    unindex(u.id, u.idxkey)
-    for _, k in ipairs(u.indexes) do redis.call('SADD', k, u.id) end
-    redis.call('SET', u.key, u.json)
-    redis.call('SET', u.idxkey, cjson.encode(u.indexes))
-    redis.call('ZADD', start_key, u.score, u.id)
-    if u.expire_at > 0 then
-      redis.call('ZADD', expiry_key, u.expire_at, u.id)
-    else
-      redis.call('ZREM', expiry_key, u.id)
-    end
-  end
-  return #batch.upserts + #batch.deletes
-end
-"""
-
-# KEYS[1] = idx:start, KEYS[2] = expiry, optional KEYS[3] = fence key whose value must
-# equal ARGV[2] (the workers' apply lock token), else nothing is written. ARGV[1] = batch.
-_APPLY_LUA = (
-    APPLY_BATCH_LUA_FUNCTION
-    + """
-if #KEYS >= 3 and redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
-return apply_batch(KEYS[1], KEYS[2], ARGV[1])
-"""
-)
-
 
 class FenceLost(TransientError):
     """A fenced write found its lock token gone (another worker took over)."""
@@ -118,13 +73,14 @@ class CandidateQuery:
         return self.start_min is not None or self.start_max is not None
 
 
-def batch_json(
+def batch_doc(
     keys: Keys,
     upserts: Iterable[WorklistItem] = (),
     deletes: Iterable[str] = (),
     expire_at: dict[str, float] | None = None,
-) -> str | None:
-    """The ``apply_batch`` argument for these writes, or None when there is nothing to do."""
+) -> dict[str, Any] | None:
+    """The ``apply_batch`` argument (``lua/apply_batch.lua``) for these writes, or None
+    when there is nothing to do."""
     expire_at = expire_at or {}
     k = keys
     batch = {
@@ -145,7 +101,18 @@ def batch_json(
     if not batch["upserts"] and not batch["deletes"]:
         return None
     # cjson decodes [] as an empty table, which ipairs handles; keep explicit lists.
-    return json.dumps(batch)
+    return batch
+
+
+def batch_json(
+    keys: Keys,
+    upserts: Iterable[WorklistItem] = (),
+    deletes: Iterable[str] = (),
+    expire_at: dict[str, float] | None = None,
+) -> str | None:
+    """:func:`batch_doc` as JSON, or None when there is nothing to do."""
+    doc = batch_doc(keys, upserts, deletes, expire_at)
+    return None if doc is None else json.dumps(doc)
 
 
 class WorklistStore:
@@ -154,7 +121,7 @@ class WorklistStore:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._r = client
         self._keys = keys
-        self._apply = client.register_script(_APPLY_LUA)
+        self._apply = lua.register(client, "store", "store_apply")
 
     @property
     def keys(self) -> Keys:

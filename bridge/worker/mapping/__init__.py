@@ -2,5 +2,6 @@
 
 ``schema`` holds the validated shape, ``load`` reads YAML (with inheritance and errors
 naming file, line and key), ``transforms`` the value conversions, ``apply`` runs a
-mapping over a parsed message, ``commands`` the ``mwl-bridge mapping`` verbs.
+mapping over a parsed message. The ``mwl-bridge mapping`` verbs are
+:mod:`bridge.ops.mapping_commands`.
 """

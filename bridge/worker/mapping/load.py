@@ -35,15 +35,10 @@ from bridge.worker.mapping.schema import (
     Source,
 )
 
-#: The shipped default mapping (IHE Scheduled Workflow, RAD TF-2 Appendix B):
-#: ``mappings/ihe-rad.yaml`` in a source checkout; installed packages carry it as
-#: ``bridge/data/ihe-rad.yaml`` (a symlink in the repository, a copy in the wheel).
-_SOURCE_DEFAULT = Path(__file__).resolve().parents[2] / "mappings" / "ihe-rad.yaml"
-DEFAULT_MAPPING = (
-    _SOURCE_DEFAULT
-    if _SOURCE_DEFAULT.exists()
-    else Path(__file__).resolve().parents[1] / "data" / "ihe-rad.yaml"
-)
+#: The shipped default mapping (IHE Scheduled Workflow, RAD TF-2 Appendix B): package data
+#: ``bridge/data/ihe-rad.yaml``, a symlink to ``mappings/ihe-rad.yaml`` in the repository
+#: and a copy in the wheel.
+DEFAULT_MAPPING = Path(__file__).resolve().parents[2] / "data" / "ihe-rad.yaml"
 
 #: Maximum value length per VR in characters (PS3.5 Table 6.2-1); PN is per group.
 VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "LT": 10240,

@@ -1,0 +1,12 @@
+"""The DICOM side: the SCP's Application Entity (``server``), its event handlers
+(``handlers``), the identifier parsed into a query (``query``), PS3.4 matching
+(``matching``, pure), encoded responses (``response``) and pynetdicom's internals
+behind a version guard (``pynetdicom_compat``).
+
+Takes in: DICOM associations and C-FIND identifiers. Hands on: Pending/final responses
+built from the store. May import: ``core``, ``store``, ``intake``; never ``worker``
+(an effect on the worklist goes through ``intake``, in ingest order).
+"""
+
+#: The sub-packages of ``bridge`` this one may import (tests/test_layout.py checks it).
+MAY_IMPORT: tuple[str, ...] = ("core", "store", "intake")

@@ -1,0 +1,239 @@
+"""Apply in ACK order: the apply-lock holder writes runs of parsed messages at the head of
+the ingest line (:mod:`bridge.worker.sequencer` explains why and how).
+
+``lua/acquire.lua`` stores outcomes and takes the lock in one round trip;
+``lua/finalize.lua`` writes a planned run (items, order states, pops) fenced by the lock
+token and hands back the next run; ``lua/release_peek.lua`` releases and looks again so
+no wake-up is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import TransientError
+from bridge.core.logs import fields, log_failure
+from bridge.core.settings import WorkerSettings
+from bridge.store.keys import Keys
+from bridge.store.worklist_store import batch_doc
+from bridge.worker.background import BackgroundApplier
+from bridge.worker.lifecycle import Planner, emit_logs, order_aliases
+from bridge.worker.mapping.apply import MappingResult
+
+log = logging.getLogger(__name__)
+
+#: Messages one finalize script writes at most (their outcomes travel in its reply).
+APPLY_RUN = 32
+
+
+def _decode_outcome(doc_raw: bytes) -> MappingResult | Exception | None:
+    """The mapped order of a stored outcome; None for a rejection; the exception for an
+    unreadable one (the caller dead-letters it when its turn comes)."""
+    try:
+        doc = json.loads(doc_raw)
+        if doc.get("kind") != "ops":
+            return None
+        return MappingResult.from_dict(doc["result"])
+    except Exception as exc:
+        return exc
+
+
+def _order_names(result: MappingResult) -> set[str]:
+    """The order aliases a mapped message names (before any lookup)."""
+    return {a for group in result.groups for a in order_aliases(result.sender, group)}
+
+
+class LockLost(TransientError):
+    """The apply lock expired while we held it; another worker continues the line."""
+
+
+class RunApply:
+    """The applying half of :class:`~bridge.worker.sequencer.Sequencer`."""
+
+    r: redis.Redis
+    keys: Keys
+    settings: WorkerSettings
+    planner: Planner
+    applier: BackgroundApplier | None
+    _drain_lock: threading.Lock
+    _acquire: Script
+    _release_peek: Script
+    _finalize: Script
+    _reject: Callable[..., None]  # BatchParse's
+
+    def apply_in_background(self) -> None:
+        """From now on a fresh batch's outcomes are stored and applied by a thread while
+        the worker goes on parsing (the ``worker`` verb; see :mod:`bridge.worker.background`)."""
+        if self.applier is None:
+            self.applier = BackgroundApplier(self.drain)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Apply what the background thread still holds, then stop it."""
+        applier, self.applier = self.applier, None
+        if applier is not None and not applier.close(timeout_s):
+            log.warning("apply.background_unfinished", extra=fields(timeout_s=timeout_s))
+
+    def drain(self, store: list[tuple[str, str]] | None = None, batch_key: str = "") -> int:
+        """Store the ``(message_id, parsed JSON)`` outcomes given and delete the batch
+        record they came from, then apply every parsed message at the head of the line;
+        returns how many were applied. One thread of a process at a time (the planner
+        keeps per-run state): the background applier and the maintenance step's
+        recovery may both call it.
+
+        The lock holder gets the parsed messages at the head as a run (up to
+        ``APPLY_RUN``), plans them against the order states (the planner's reads) and
+        writes them with one fenced finalize script (items, order states, pops), which
+        hands back the next run (lock renewed) or releases. One write round trip — one
+        fsync with appendfsync always — per run instead of per message.
+        """
+        with self._drain_lock:
+            return self._drain(store, batch_key)
+
+    def _drain(self, store: list[tuple[str, str]] | None, batch_key: str) -> int:
+        k = self.keys
+        applied = 0
+        lock_ms = int(self.settings.apply_lock_ttl_s * 1000)
+        prefix = k.parsed("")
+        while True:
+            token = uuid.uuid4().hex
+            outcomes = json.dumps([[mid, doc] for mid, doc in store or ()], ensure_ascii=False)
+            acquired, head_raw, run, seq = self._acquire(
+                keys=[k.apply_lock, k.ingest_order, k.sequence],
+                args=[token, lock_ms, prefix, k.message(""), batch_key, APPLY_RUN, outcomes],
+            )
+            store, batch_key = None, ""
+            if not acquired:
+                return applied  # the holder checks the head again before it releases
+            held = True
+            try:
+                while True:
+                    if run:
+                        entries, logs = self._plan_run(run, int(seq))
+                    elif held and head_raw and not self.r.exists(k.message(head_raw.decode())):
+                        # Nothing will ever parse it: log loudly and move on.
+                        head = head_raw.decode()
+                        log.error("head.message_missing", extra=fields(message_id=head))
+                        entries, logs = [{"h": head, "s": [], "b": False}], []
+                    else:
+                        break
+                    status, head_raw, run, seq = self._finish_run(entries, token, lock_ms)
+                    if status > 0:
+                        applied += len(entries)
+                        for records in logs:
+                            emit_logs(records)
+                    held = status != 2  # 2 = released by the finalize script
+                    if status < 0:
+                        break
+            except LockLost:
+                log.warning("apply.lock_lost")
+                return applied
+            finally:
+                if held:
+                    # Release, then look again: a worker that stored its outcome while we
+                    # held the lock found it busy and left (no lost wake-up).
+                    again = self._release_peek(
+                        keys=[k.apply_lock, k.ingest_order], args=[token, prefix]
+                    )
+                else:
+                    again = 0
+            if not again:
+                return applied
+
+    def _plan_run(
+        self, run: list[bytes], seq: int
+    ) -> tuple[list[dict[str, Any]], list[list[tuple[int, str, dict[str, Any]]]]]:
+        """Plan the longest prefix of ``run`` (head, doc, head, doc, ...) whose messages
+        touch disjoint orders — each plan reads Redis as it is before the run is written,
+        so a message of an order planned earlier in the run waits for the next run —
+        returning the finalize script's entries (each with its item batch) and each
+        plan's log records (logged once the run is written)."""
+        entries: list[dict[str, Any]] = []
+        logs: list[list[tuple[int, str, dict[str, Any]]]] = []
+        taken: set[str] = set()
+        outcomes = [(run[n].decode(), _decode_outcome(run[n + 1])) for n in range(0, len(run), 2)]
+        # One round trip for the order states of the whole run (each plan read its own).
+        self.planner.read_ahead([r for _, r in outcomes if isinstance(r, MappingResult)])
+        try:
+            for n, (head, decoded) in enumerate(outcomes):
+                result = decoded if isinstance(decoded, MappingResult) else None
+                if entries and result is not None and _order_names(result) & taken:
+                    break
+                if isinstance(decoded, Exception):
+                    self._apply_failed(head, decoded)  # dead-lettered, then popped
+                batch, states, orders, records = self._plan(head, result, seq + n)
+                if entries and orders & taken:
+                    # Aliases that resolve to an order planned earlier (e.g. placer only,
+                    # then filler only): plan it again in the next run, on the new state.
+                    break
+                taken |= orders
+                entries.append(
+                    {
+                        "h": head,
+                        "s": [[key, d, ttl] for key, (d, ttl) in states.items()],
+                        "b": batch or False,
+                    }
+                )
+                logs.append(records)
+        finally:
+            self.planner.read_ahead([])  # stale once the run is written
+        return entries, logs
+
+    def _plan(
+        self, head: str, result: MappingResult | None, seq: int
+    ) -> tuple[
+        dict[str, Any] | None,
+        dict[str, tuple[dict[str, str], int]],
+        set[str],
+        list[tuple[int, str, dict[str, Any]]],
+    ]:
+        """(item batch for the finalize script or None, order states, order names, log
+        records)."""
+        if result is None:
+            return None, {}, set(), []
+        try:
+            plan = self.planner.plan(result, time.time(), seq)
+            batch = batch_doc(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
+            return batch, plan.order_states, plan.orders, plan.logs
+        except (TransientError, redis.RedisError):
+            raise
+        except Exception as exc:
+            self._apply_failed(head, exc)
+            return None, {}, set(), []
+
+    def _apply_failed(self, head: str, exc: Exception) -> None:
+        """Never let one bad outcome block every later order: dead-letter and advance."""
+        log_failure(log, "apply.failed", exc, message_id=head)
+        meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
+        text_meta = {key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"}
+        self._reject(
+            head, meta, text_meta, Hl7Error.INTERNAL_ERROR, "", "could not apply the mapped order"
+        )
+
+    def _finish_run(
+        self, entries: list[dict[str, Any]], token: str, lock_ms: int
+    ) -> tuple[int, Any, list[bytes], Any]:
+        """Write the run's items and order states and pop its messages (fenced, one
+        script); returns (status, next head, next run, its seq)."""
+        k = self.keys
+        status, nxt, run, seq = self._finalize(
+            keys=[k.apply_lock, k.ingest_order, k.sequence, k.index_start, k.expiry],
+            args=[
+                token, self.settings.processed_retention_s, lock_ms, k.parsed(""),
+                k.message(""), APPLY_RUN, json.dumps(entries, ensure_ascii=False),
+            ],
+        )  # fmt: skip
+        if status == -1:
+            raise LockLost("apply lock lost before finalize")
+        if status == -2:
+            log.warning("apply.head_moved", extra=fields(message_id=entries[0]["h"]))
+        return int(status), nxt, run, seq
