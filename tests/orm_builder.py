@@ -51,8 +51,12 @@ def orm(
     nte: list[str] | None = None,
     pv1: dict[int, str] | None = None,
     sep: str = "\r",
+    sender: str = "RIS",
+    facility: str = "HOSP",
+    when: str = "20260705080000",
+    orc9: str = "",
 ) -> str:
-    segs = [msh(version, charset, control_id)]
+    segs = [msh(version, charset, control_id, sender=sender, facility=facility, when=when)]
     segs.append(segment("PID", {1: "1", 3: patient_id, 5: patient_name, 7: birth, 8: sex}))
     segs.append(
         segment(
@@ -62,7 +66,10 @@ def orm(
             else {1: "1", 2: "O", 3: "RAD^101^1", 8: "1234^WELBY^MARCUS^A^^DR", 19: "V123"},
         )
     )
-    segs.append(segment("ORC", {1: control, 2: placer, 3: filler, 5: status, 7: f"^^^{start}^^R"}))
+    orc = {1: control, 2: placer, 3: filler, 5: status, 7: f"^^^{start}^^R"}
+    if orc9:
+        orc[9] = orc9
+    segs.append(segment("ORC", orc))
     for n, extra in enumerate(obrs or [{}], start=1):
         fields = {
             1: str(n), 2: placer, 3: filler,

@@ -26,7 +26,8 @@ def wsettings(redis_url: str) -> Settings:
 
 
 def statuses(client: redis.Redis, s: Settings) -> list[tuple[str, str, bool]]:
-    return [(i.attrs["RequestedProcedureID"], i.status, i.hidden) for i in items(client, s)]
+    """(RPID, SPS status, held) of every item, by RPID."""
+    return sorted((i.attrs["RequestedProcedureID"], i.status, i.hidden) for i in items(client, s))
 
 
 def test_nw_creates_one_item_per_obr_scheduled(
@@ -248,13 +249,13 @@ def test_cancel_after_order_state_retention_still_cancels(
     run(redis_client, s, orm(control_id="N1", filler=""))
     k = Keys()
     # The order hash is kept (no TTL) while the order has items.
-    assert redis_client.ttl(k.order("RIS^HOSP|P|PL1")) == -1
+    assert redis_client.ttl(k.order("P|PL1")) == -1
     time.sleep(1.5)  # past worker.order_state_retention_s
     run(redis_client, s, orm(control="XO", status="SC", control_id="X1", start="20260706090000"))
-    assert redis_client.ttl(k.order("RIS^HOSP|F|FL1")) == -1  # the alias learned by the XO
+    assert redis_client.ttl(k.order("F|FL1")) == -1  # the alias learned by the XO
     # Even if the hash is gone (an older release set a TTL), the store's order index
     # finds the order by its number.
-    redis_client.delete(k.order("RIS^HOSP|P|PL1"), k.order("RIS^HOSP|F|FL1"))
+    redis_client.delete(k.order("P|PL1"), k.order("F|FL1"))
     run(redis_client, s, orm(control="CA", status="CA", control_id="C1"))
     got = [(i.status, i.sps["ScheduledProcedureStepStartDate"]) for i in items(redis_client, s)]
     assert got == [("CANCELED", "20260706")]
@@ -267,7 +268,7 @@ def test_final_order_record_outlives_dedupe_window(
     window), so a replay or a resent NW with a new control id does not resurrect it."""
     s = _ws(redis_url)
     run(redis_client, s, orm(control_id="N1"), orm(control="CA", status="CA", control_id="C1"))
-    ttl = redis_client.ttl(Keys().order("RIS^HOSP|P|PL1"))
+    ttl = redis_client.ttl(Keys().order("P|PL1"))
     assert ttl > s.mllp.dedupe_retention_s - 60
     assert s.worker.final_order_retention_s >= s.mllp.dedupe_retention_s
     run(redis_client, s, orm(control_id="N2"))

@@ -201,13 +201,17 @@ def test_application_mode_ok_from_worker(
     assert ack_fields(fut.result(10))["MSA"][1:3] == ["AA", "A2"]
 
 
-def test_application_mode_timeout_is_aa_and_warns(
+def test_application_mode_timeout_is_ar_207_and_warns(
     mllp: StartFn, redis_client: redis.Redis, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No verdict in time: AR with ERR 207 so that the sender resends (today's code sent
+    AA, telling the RIS the order was on the worklist before any worker applied it)."""
     caplog.set_level(logging.WARNING, logger="bridge.mllp.listener")
     lt = mllp(ack_mode="application", application_ack_timeout_s=0.3)
     with MllpClient(lt.port) as c:
-        assert ack_fields(c.send(msg("A3")))["MSA"][1:3] == ["AA", "A3"]
+        ack = ack_fields(c.send(msg("A3")))
+    assert ack["MSA"][1:3] == ["AR", "A3"]
+    assert ack["ERR"][1] == "^^^207&Application internal error&HL70357"  # v2.3: ERR-1
     assert len(ids(redis_client, keys)) == 1  # durable before the wait
     assert any(r.getMessage() == "mllp.application_ack.timeout" for r in caplog.records)
 
@@ -250,7 +254,7 @@ def test_application_mode_resend_answers_with_the_stored_fate(
     lt = mllp(ack_mode="application", application_ack_timeout_s=0.3)
     with MllpClient(lt.port) as c:
         # 1. dead-lettered by the worker (dead_id == message id) → AE with its code/location
-        assert ack_fields(c.send(msg("D1", "2.5")))["MSA"][1] == "AA"  # no verdict in time
+        assert ack_fields(c.send(msg("D1", "2.5")))["MSA"][1] == "AR"  # no verdict in time
         mid = ids(redis_client, keys)[-1]
         letter = deadletter.DeadLetter(
             raw=b"x", reason="PID-3 missing", stage="worker", code=101, location="PID-3",
@@ -261,7 +265,7 @@ def test_application_mode_resend_answers_with_the_stored_fate(
         assert ack["MSA"][1:4] == ["AE", "D1", "PID-3 missing"]
         assert ack["ERR"][2:5] == ["PID^1^3", "101^Required field missing^HL70357", "E"]
         # 2. a verdict that came after the first send's wait is still in the result list
-        assert ack_fields(c.send(msg("D2", "2.5")))["MSA"][1] == "AA"
+        assert ack_fields(c.send(msg("D2", "2.5")))["MSA"][1] == "AR"
         mid = ids(redis_client, keys)[-1]
         verdict = {"ok": False, "code": 102, "text": "bad date", "location": "OBR-7"}
         redis_client.rpush(keys.result(mid), json.dumps(verdict))
@@ -269,7 +273,7 @@ def test_application_mode_resend_answers_with_the_stored_fate(
         assert ack["MSA"][1:4] == ["AE", "D2", "bad date"]
         assert ack["ERR"][2] == "OBR^1^7"
         # 3. applied long ago (hash says so, no verdict left) → AA at once, no wait
-        assert ack_fields(c.send(msg("D3")))["MSA"][1] == "AA"
+        assert ack_fields(c.send(msg("D3")))["MSA"][1] == "AR"
         mid = ids(redis_client, keys)[-1]
         redis_client.lrem(keys.ingest_order, 0, mid)
         redis_client.hset(keys.message(mid), "state", "applied")

@@ -78,7 +78,7 @@ def test_v23_two_obrs_without_zds_generate_stable_uids() -> None:
     assert all(u.startswith("2.25.") and len(u) <= 64 for u in uids)
     assert uids[0] != uids[1]  # one per requested procedure
     assert uids == [i.defaults["StudyInstanceUID"] for i in mapped(raw).groups[0].items]
-    assert uids[0] == study_uid("RIS^HOSP", "PL1", "RP1")
+    assert uids[0] == study_uid("", "P|PL1", "RP1")  # not scoped by the sender
     assert first(r).attrs["PatientName"] == "ÅSTRÖM^Åsa"
     assert any("generated" in w for w in r.warnings)
 

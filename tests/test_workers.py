@@ -85,14 +85,15 @@ def test_four_workers_apply_in_ack_order(redis_client: redis.Redis, settings: Se
                 orm(control="SC", status="IP", placer=placer, filler="").encode(),
             )
             expected[placer] = ("STARTED", "CT_Y")
-        else:  # CA first (unknown order: nothing), then NW → scheduled
+        else:  # NW alone → scheduled
             expected[placer] = ("SCHEDULED", "CT_ROOM1")
-    # The "CA before NW" case: a cancel for an order that does not exist yet changes nothing.
+    # "CA before NW": the cancel of an order not seen yet leaves a tombstone, and the NW
+    # sent at the same transaction time is late: applied as cancelled, never scheduled.
     submit(
         redis_client, settings, orm(control="CA", status="CA", placer="LATE", filler="").encode()
     )
     submit(redis_client, settings, orm(placer="LATE", filler="").encode())
-    expected["LATE"] = ("SCHEDULED", "CT_ROOM1")
+    expected["LATE"] = ("CANCELED", "CT_ROOM1")
 
     procs = [start_worker(settings.redis.url, "--burst") for _ in range(4)]
     try:

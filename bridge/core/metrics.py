@@ -66,7 +66,7 @@ FRAMES_REJECTED = Counter(
     "mwl_frames_rejected",
     "MLLP frames or messages rejected before queueing, by reason "
     "(too_large, timeout, incomplete, junk, bad_msh, missing_final_cr, type, version, "
-    "processing_id, charset, duplicate_control_id, store_unavailable).",
+    "processing_id, charset, duplicate_control_id, store_unavailable, not_yet_applied).",
     ["reason"],
     registry=REGISTRY,
 )
@@ -77,6 +77,15 @@ MAPPING_FAILURES = Counter(
     "= HL7 table 0357 code (required_field, data_type, unknown_code, value_too_long, "
     "segment_sequence, internal; others code_<n>).",
     ["reason"],
+    registry=REGISTRY,
+)
+ORDER_ANOMALIES = Counter(
+    "mwl_order_anomalies",
+    "Order messages the lifecycle treated specially, by kind (late_new_order, "
+    "reused_number_new, reused_number_ignored, tombstone, unknown_order, "
+    "final_order_message, repeated_new_order, repeated_new_order_rejected, "
+    "merged_patient_redirect).",
+    ["kind"],
     registry=REGISTRY,
 )
 # -- SCP --------------------------------------------------------------------------------

@@ -121,6 +121,15 @@ class WorkerSettings:
     #: NW for it is refused ("order.already_final") instead of recreating the order. Must be
     #: at least ``mllp.dedupe_retention_s``. After it, the same order numbers are a new order.
     final_order_retention_s: int = 90 * 24 * 3600
+    #: An NW whose transaction time (ORC-9, else MSH-7) is later than the final message
+    #: of a finished order with the same number: ``new`` (the RIS reused the number: a
+    #: new order) or ``ignore`` (logged and counted, nothing changes). An NW that is not
+    #: later is always applied as the final status (a late message, not a new exam).
+    reused_order_number: str = field(default="new", metadata=_choices("new", "ignore"))
+    #: An NW for an order that has live items: ``update`` (the same procedures update in
+    #: place, the ones it no longer lists are discontinued, as for XO) or ``reject`` (AE
+    #: 205 and a dead letter). Never two live items for one procedure.
+    repeated_new_order: str = field(default="update", metadata=_choices("update", "reject"))
     #: How long an applied message's hash (raw bytes, metadata) is kept for audit.
     processed_retention_s: int = 24 * 3600
     #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a

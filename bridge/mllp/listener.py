@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import signal
 import socket
@@ -574,11 +573,27 @@ class Listener:
         )
 
     async def _application_verdict(self, h: Msh, message_id: str) -> Verdict:
-        """``--ack-mode application``: wait for the worker's verdict (already durable)."""
+        """``--ack-mode application``: wait for the worker's verdict, which it gives once
+        the message is applied (its items are in the worklist) or rejected. The message
+        is durable already; without a verdict in time the answer asks for a resend, which
+        is then answered from the stored outcome (:meth:`_duplicate_verdict`)."""
         result = await self._await_result(h, message_id)
         if result is None:
-            return Verdict(Outcome.ACCEPTED, h, message_id=message_id, note="queued (no verdict)")
+            return self._not_yet_applied(h, message_id, "queued (no verdict)")
         return self._result_verdict(h, message_id, result, "processed", "processing failed")
+
+    def _not_yet_applied(self, h: Msh, message_id: str, note: str) -> Verdict:
+        """AR (CR) 207: stored, not applied within mllp.application_ack_timeout_s. AA
+        would tell the RIS the order is on the worklist, which it is not yet."""
+        return Verdict(
+            Outcome.REJECTED,
+            h,
+            Hl7Error.INTERNAL_ERROR,
+            "Message stored but not yet applied, please resend",
+            message_id=message_id,
+            note=note,
+            reject="not_yet_applied",
+        )
 
     async def _duplicate_verdict(self, h: Msh, message_id: str) -> Verdict:
         """``--ack-mode application``, resend of the stored message ``message_id``: answer
@@ -609,9 +624,7 @@ class Listener:
                 with contextlib.suppress(redis.RedisError):
                     fate = await self._run_sync(self._stored_fate, message_id)
             if fate is None:
-                return Verdict(
-                    Outcome.ACCEPTED, h, message_id=message_id, note="duplicate (no verdict)"
-                )
+                return self._not_yet_applied(h, message_id, "duplicate (no verdict)")
         return self._result_verdict(
             h, message_id, fate, "duplicate (processed)", "duplicate (processing failed)"
         )
@@ -620,10 +633,10 @@ class Listener:
         """What became of the stored message ``message_id`` (sync, in the thread pool):
         its verdict, or None while the workers have not decided yet.
 
-        The worker dead-letters a rejected message under its message id, and in
-        application mode pushes its verdict to ``keys.result(id)`` (popped by whichever
-        connection waited for it); ``parsed:<id>`` holds the outcome until it is applied,
-        after which the message hash says ``state=applied``."""
+        The worker dead-letters a rejected message under its message id; when a message
+        is applied (or popped as rejected) its verdict is written to its hash and, in
+        application mode, pushed to ``keys.result(id)`` (popped by whichever connection
+        waited for it)."""
         k = self.keys
         letter = deadletter.get(self.client, k, message_id)
         if letter is not None:
@@ -632,28 +645,18 @@ class Listener:
             )
         pipe = self.client.pipeline(transaction=False)
         pipe.lindex(k.result(message_id), -1)
-        pipe.get(k.parsed(message_id))
+        pipe.hmget(k.message(message_id), "state", "verdict")
         pipe.lpos(k.ingest_order, message_id)
         pipe.exists(k.message(message_id))
-        pipe.hget(k.message(message_id), "state")
-        pushed, parsed, position, stored, state = pipe.execute()
-        if pushed is not None:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                return AppResult.from_json(pushed)
-        if parsed is not None:
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                doc = json.loads(parsed)
-                if doc.get("kind") == "rejected":
-                    return AppResult(
-                        ok=False,
-                        code=int(doc.get("code") or 0),
-                        text=str(doc.get("reason") or ""),
-                        location=str(doc.get("location") or ""),
-                    )
-            return AppResult(ok=True)
+        pushed, (state, stored_verdict), position, stored = pipe.execute()
+        for verdict in (pushed, stored_verdict):
+            if verdict is not None:
+                with contextlib.suppress(ValueError, TypeError, AttributeError):
+                    return AppResult.from_json(verdict)
         if position is not None or (stored and state != b"applied"):
-            return None
-        # Applied (its verdict already given), or expired from Redis: as in commit mode.
+            return None  # still in line: not applied yet
+        # Applied by a release that kept no verdict, or expired from Redis: as in commit
+        # mode, the durable copy was applied.
         return AppResult(ok=True)
 
     async def _await_result(self, h: Msh, message_id: str) -> AppResult | None:

@@ -16,8 +16,8 @@ from bridge.core.errors import MappingFileError, PermanentError
 from bridge.core.settings import Settings
 from bridge.hl7 import parse as hl7parse
 from bridge.store.item import to_dataset
-from bridge.worker.lifecycle import _new, item_id, order_aliases
-from bridge.worker.mapping.apply import map_message
+from bridge.worker.lifecycle import item_id, new_item
+from bridge.worker.mapping.apply import map_message, order_key
 from bridge.worker.mapping.load import load_mapping
 
 EXIT_REJECTED = 1
@@ -63,10 +63,10 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
             f"# order {group.control}/{group.order_status} -> {action} "
             f"(placer {group.placer!r}, filler {group.filler!r})"
         )
-        canonical = order_aliases(result.sender, group)[0]
+        canonical = order_key(result.scope, group)
         for mi in group.items:
             n += 1
-            item = _new(item_id(canonical, mi.rpid, mi.spsid), canonical, mi)
+            item = new_item(item_id(canonical, mi.rpid, mi.spsid), canonical, mi)
             if group.status:
                 item.sps["ScheduledProcedureStepStatus"] = group.status
             flag = "" if mi.complete else f"  (incomplete: {mi.missing} missing)"

@@ -93,8 +93,16 @@ class Keys:
         return f"{self.prefix}:idx:{field}:{value}"
 
     def order(self, order_key: str) -> str:
-        """Hash: lifecycle state of one order (placer/filler numbers), e.g. last status."""
+        """Hash: lifecycle state of one order (placer/filler numbers), e.g. last status;
+        an alias name holds only ``canonical`` (and ``legacy``/``ambiguous`` marks left by
+        the upgrade of an earlier release's store)."""
         return f"{self.prefix}:order:{order_key}"
+
+    @property
+    def schema(self) -> str:
+        """String: the version of the store's layout, set by the workers' upgrade step
+        (``bridge.worker.migrations``)."""
+        return f"{self.prefix}:schema"
 
     @property
     def expiry(self) -> str:

@@ -27,30 +27,45 @@ from bridge.core.settings import WorkerSettings
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import batch_doc
 from bridge.worker.background import BackgroundApplier
-from bridge.worker.lifecycle import Planner, emit_logs, order_aliases
-from bridge.worker.mapping.apply import MappingResult
+from bridge.worker.lifecycle import Planner, emit_logs
+from bridge.worker.mapping.apply import MappingResult, order_aliases
 
 log = logging.getLogger(__name__)
 
 #: Messages one finalize script writes at most (their outcomes travel in its reply).
 APPLY_RUN = 32
+#: How long an application-ACK verdict waits in ``result:<id>`` for the listener.
+RESULT_TTL_S = 120
+#: The mwl_order_anomalies kind of an NW rejected by worker.repeated_new_order = reject.
+_REJECT_ANOMALY = "repeated_new_order_rejected"
 
 
-def _decode_outcome(doc_raw: bytes) -> MappingResult | Exception | None:
-    """The mapped order of a stored outcome; None for a rejection; the exception for an
-    unreadable one (the caller dead-letters it when its turn comes)."""
+def _decode_outcome(doc_raw: bytes) -> tuple[MappingResult | Exception | None, dict[str, Any]]:
+    """(the mapped order of a stored outcome, or None for a rejection, or the exception
+    for an unreadable one (the caller dead-letters it when its turn comes); the outcome
+    document)."""
+    doc: dict[str, Any] = {}
     try:
         doc = json.loads(doc_raw)
         if doc.get("kind") != "ops":
-            return None
-        return MappingResult.from_dict(doc["result"])
+            return None, doc
+        return MappingResult.from_dict(doc["result"]), doc
     except Exception as exc:
-        return exc
+        return exc, doc if isinstance(doc, dict) else {}
+
+
+def verdict_json(code: int = 0, location: str = "", text: str = "") -> str:
+    """An application-ACK verdict as the listener reads it
+    (:class:`bridge.intake.submit.AppResult`): AA when ``code`` is 0."""
+    return json.dumps(
+        {"ok": not code, "code": int(code), "text": text, "location": location},
+        ensure_ascii=False,
+    )
 
 
 def _order_names(result: MappingResult) -> set[str]:
     """The order aliases a mapped message names (before any lookup)."""
-    return {a for group in result.groups for a in order_aliases(result.sender, group)}
+    return {a for group in result.groups for a in order_aliases(result.scope, group)}
 
 
 class LockLost(TransientError):
@@ -123,7 +138,22 @@ class RunApply:
                         # Nothing will ever parse it: log loudly and move on.
                         head = head_raw.decode()
                         log.error("head.message_missing", extra=fields(message_id=head))
-                        entries, logs = [{"h": head, "s": [], "b": False}], []
+                        entries, logs = (
+                            [
+                                {
+                                    "h": head,
+                                    "s": [],
+                                    "b": False,
+                                    "v": verdict_json(
+                                        Hl7Error.INTERNAL_ERROR,
+                                        "",
+                                        "message lost before it was applied",
+                                    ),
+                                    "r": False,
+                                }
+                            ],
+                            [],
+                        )
                     else:
                         break
                     status, head_raw, run, seq = self._finish_run(entries, token, lock_ms)
@@ -155,32 +185,43 @@ class RunApply:
         """Plan the longest prefix of ``run`` (head, doc, head, doc, ...) whose messages
         touch disjoint orders — each plan reads Redis as it is before the run is written,
         so a message of an order planned earlier in the run waits for the next run —
-        returning the finalize script's entries (each with its item batch) and each
-        plan's log records (logged once the run is written)."""
+        returning the finalize script's entries (each with its item batch, order states
+        and application-ACK verdict) and each plan's log records (logged once the run is
+        written)."""
         entries: list[dict[str, Any]] = []
         logs: list[list[tuple[int, str, dict[str, Any]]]] = []
         taken: set[str] = set()
-        outcomes = [(run[n].decode(), _decode_outcome(run[n + 1])) for n in range(0, len(run), 2)]
+        outcomes = [(run[n].decode(), *_decode_outcome(run[n + 1])) for n in range(0, len(run), 2)]
         # One round trip for the order states of the whole run (each plan read its own).
-        self.planner.read_ahead([r for _, r in outcomes if isinstance(r, MappingResult)])
+        self.planner.read_ahead([r for _, r, _ in outcomes if isinstance(r, MappingResult)])
         try:
-            for n, (head, decoded) in enumerate(outcomes):
+            for n, (head, decoded, doc) in enumerate(outcomes):
                 result = decoded if isinstance(decoded, MappingResult) else None
                 if entries and result is not None and _order_names(result) & taken:
                     break
                 if isinstance(decoded, Exception):
-                    self._apply_failed(head, decoded)  # dead-lettered, then popped
-                batch, states, orders, records = self._plan(head, result, seq + n)
+                    verdict = self._apply_failed(head, decoded)  # dead-lettered, then popped
+                    batch, states, orders, records = None, {}, set(), []
+                elif result is None:  # rejected when parsed (dead-lettered then)
+                    code = int(doc.get("code") or Hl7Error.INTERNAL_ERROR)
+                    verdict = verdict_json(code, str(doc.get("location") or ""),
+                                           str(doc.get("reason") or ""))  # fmt: skip
+                    batch, states, orders, records = None, {}, set(), []
+                else:
+                    batch, states, orders, records, verdict = self._plan(head, result, seq + n)
                 if entries and orders & taken:
                     # Aliases that resolve to an order planned earlier (e.g. placer only,
                     # then filler only): plan it again in the next run, on the new state.
                     break
                 taken |= orders
+                waiting = doc.get("ack") == "application"
                 entries.append(
                     {
                         "h": head,
                         "s": [[key, d, ttl] for key, (d, ttl) in states.items()],
                         "b": batch or False,
+                        "v": verdict,
+                        "r": self.keys.result(head) if waiting else False,
                     }
                 )
                 logs.append(records)
@@ -189,35 +230,49 @@ class RunApply:
         return entries, logs
 
     def _plan(
-        self, head: str, result: MappingResult | None, seq: int
+        self, head: str, result: MappingResult, seq: int
     ) -> tuple[
         dict[str, Any] | None,
         dict[str, tuple[dict[str, str], int]],
         set[str],
         list[tuple[int, str, dict[str, Any]]],
+        str,
     ]:
         """(item batch for the finalize script or None, order states, order names, log
-        records)."""
-        if result is None:
-            return None, {}, set(), []
+        records, application-ACK verdict)."""
         try:
             plan = self.planner.plan(result, time.time(), seq)
-            batch = batch_doc(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
-            return batch, plan.order_states, plan.orders, plan.logs
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:
-            self._apply_failed(head, exc)
-            return None, {}, set(), []
+            return None, {}, set(), [], self._apply_failed(head, exc)
+        if plan.reject is not None:
+            code, location, reason = plan.reject
+            self._dead_letter_at_apply(head, code, location, reason)
+            records = [
+                (
+                    logging.WARNING,
+                    "order.rejected",
+                    fields(code=int(code), location=location, anomaly=_REJECT_ANOMALY),
+                )
+            ]
+            return None, {}, plan.orders, records, verdict_json(code, location, reason)
+        batch = batch_doc(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
+        verdict = verdict_json(*plan.verdict) if plan.verdict else verdict_json()
+        return batch, plan.order_states, plan.orders, plan.logs, verdict
 
-    def _apply_failed(self, head: str, exc: Exception) -> None:
-        """Never let one bad outcome block every later order: dead-letter and advance."""
+    def _apply_failed(self, head: str, exc: Exception) -> str:
+        """Never let one bad outcome block every later order: dead-letter and advance;
+        returns the AE verdict."""
         log_failure(log, "apply.failed", exc, message_id=head)
+        reason = "could not apply the mapped order"
+        self._dead_letter_at_apply(head, Hl7Error.INTERNAL_ERROR, "", reason)
+        return verdict_json(Hl7Error.INTERNAL_ERROR, "", reason)
+
+    def _dead_letter_at_apply(self, head: str, code: Hl7Error, location: str, reason: str) -> None:
         meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
         text_meta = {key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"}
-        self._reject(
-            head, meta, text_meta, Hl7Error.INTERNAL_ERROR, "", "could not apply the mapped order"
-        )
+        self._reject(head, meta, text_meta, code, location, reason)
 
     def _finish_run(
         self, entries: list[dict[str, Any]], token: str, lock_ms: int
@@ -229,7 +284,7 @@ class RunApply:
             keys=[k.apply_lock, k.ingest_order, k.sequence, k.index_start, k.expiry],
             args=[
                 token, self.settings.processed_retention_s, lock_ms, k.parsed(""),
-                k.message(""), APPLY_RUN, json.dumps(entries, ensure_ascii=False),
+                k.message(""), APPLY_RUN, json.dumps(entries, ensure_ascii=False), RESULT_TTL_S,
             ],
         )  # fmt: skip
         if status == -1:

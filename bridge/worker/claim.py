@@ -31,8 +31,6 @@ from bridge.worker.rq_compat import BatchKeys
 
 log = logging.getLogger(__name__)
 
-#: How long an application-ACK verdict waits to be popped by the listener.
-RESULT_TTL_S = 120
 #: A batch record outlives any retry cycle of its job; the stuck-head recovery reads it.
 BATCH_TTL_S = 7 * 24 * 3600
 
@@ -162,7 +160,6 @@ class BatchParse:
                 )
             result = self.parse_fn(message_id, meta)
             doc = {"kind": "ops", "result": result.to_dict()}
-            self._push_result(message_id, text_meta, True, Hl7Error.ACCEPTED, "", "")
             outcome = "parsed"
         except (TransientError, redis.RedisError):
             raise
@@ -177,6 +174,9 @@ class BatchParse:
             self._reject(message_id, meta, text_meta, code, location, reason)
             doc = {"kind": "rejected", "code": int(code), "location": location, "reason": reason}
             outcome = "rejected"
+        # The application-ACK verdict is pushed when the message is applied (its items are
+        # in the worklist, or it is popped as rejected): the outcome says who waits for it.
+        doc["ack"] = text_meta.get("ack_mode", "")
         # Stored with SET NX (a re-run never replaces it) by drain's first round trip.
         return outcome, json.dumps(doc, ensure_ascii=False)
 
@@ -219,21 +219,3 @@ class BatchParse:
                 reason=reason,
             ),
         )  # fmt: skip
-        self._push_result(message_id, text_meta, False, code, reason, location)
-
-    def _push_result(
-        self,
-        message_id: str,
-        meta: dict[str, str],
-        ok: bool,
-        code: Hl7Error,
-        text: str,
-        location: str,
-    ) -> None:
-        if meta.get("ack_mode") != "application":
-            return
-        payload = json.dumps({"ok": ok, "code": int(code), "text": text, "location": location})
-        pipe = self.r.pipeline(transaction=True)
-        pipe.rpush(self.keys.result(message_id), payload)
-        pipe.expire(self.keys.result(message_id), RESULT_TTL_S)
-        pipe.execute()

@@ -4,17 +4,29 @@ The ORC-1 × ORC-5 → action table is configuration (the ``lifecycle`` section 
 mapping file; the shipped one follows IHE RAD-4/RAD-13). The actions:
 
 ========  =================================================================================
-create    NW: one item per OBR (SPS status from the table); a repeated NW updates in place
+create    NW: one item per OBR (SPS status from the table); a repeated NW for a live order
+          is an update (``worker.repeated_new_order = update``) or rejected (``reject``:
+          AE 205 and a dead letter), never a second live item for one procedure
 update    XO: the complete order: update its items in place (paired by RPID+SPS ID, else by
           OBR position), never re-key; items it no longer contains are DISCONTINUED;
-          an unknown order → no change
+          an unknown order → no change (AE 204 in application-ACK mode)
 status    SC: set the SPS status of every item of the order
 final     CA/DC/OC, XO/SC with CM: final status; items leave the default worklist and
-          are purged after the retention for that status; the order never comes back
+          are purged after the retention for that status; the order never comes back. A
+          final message for an order not seen yet leaves a tombstone (a final record
+          without items) kept ``worker.final_order_retention_s``
 hide/show HD/RL: hide the order's items from queries / show them again (new items of a held
           order are hidden too)
 ignore    NA, OK, CR, UA, UC, SN, CN: logged, no change
 ========  =================================================================================
+
+Messages of one order may arrive out of order (different interfaces, engine resends).
+The sender's transaction time (ORC-9, else MSH-7; ``MappedGroup.txn``) tells a late NW
+from a new one: an NW for a final or tombstoned order whose transaction time is not
+later than the final message's is applied as that final status (the exam is not
+revived); a later one means the placer number was reused: a new order
+(``worker.reused_order_number = new``) or ignored (``ignore``). Without both times the
+NW counts as late. Each of these is logged and counted (``mwl_order_anomalies``).
 
 :func:`plan` is called only by the worker that holds the apply lock, one message at a
 time in ingest (= ACK) order, so it may read the order state and the store without
@@ -37,13 +49,14 @@ from typing import Any
 
 import redis
 
-from bridge.core.codes import FINAL_SPS_STATUSES, SpsStatus
+from bridge.core import metrics
+from bridge.core.codes import FINAL_SPS_STATUSES, Hl7Error, SpsStatus
 from bridge.core.logs import fields
 from bridge.core.settings import WorkerSettings
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
-from bridge.worker.mapping.apply import MappedGroup, MappedItem, MappingResult
+from bridge.worker.mapping.apply import MappedGroup, MappedItem, MappingResult, order_aliases
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +78,42 @@ class Plan:
     #: Every order name (alias or canonical) the plan read or wrote: two plans whose sets
     #: are disjoint can be made from the same Redis state and written one after the other.
     orders: set[str] = field(default_factory=set)
+    #: The application-ACK verdict when it is not AA: (HL7 table 0357 code, location,
+    #: text), e.g. 204 for an XO/CA of an unknown order.
+    verdict: tuple[Hl7Error, str, str] | None = None
+    #: The message must be dead-lettered instead (code, location, reason): nothing of
+    #: this plan is written.
+    reject: tuple[Hl7Error, str, str] | None = None
 
 
 def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
-    """Log what a written plan did (``Plan.logs``): only then is it true."""
+    """Log what a written plan did (``Plan.logs``) and count its order anomalies: only
+    once the plan is written are they true."""
     for level, event, extra in records:
         log.log(level, event, extra=extra)
+        kind = extra.get("fields", {}).get("anomaly")
+        if kind:
+            metrics.ORDER_ANOMALIES.labels(kind=kind).inc()
+
+
+def _later(txn: float | None, final_txn: str | None) -> bool:
+    """Is a message of transaction time ``txn`` later than the final message's? Unknown
+    on either side counts as not later: a late NW must never revive an exam."""
+    if txn is None or not final_txn:
+        return False
+    try:
+        return txn > float(final_txn)
+    except ValueError:
+        return False
+
+
+def _stripped(alias: str) -> str | None:
+    """The alias without its namespace (``P|123^RIS`` → ``P|123``): how releases before
+    the namespace was part of the order's name stored it; None when it has none."""
+    head, sep, number = alias.rpartition("|")
+    if "^" not in number:
+        return None
+    return f"{head}{sep}{number.split('^', 1)[0]}"
 
 
 def retention_s(settings: WorkerSettings, status: str) -> int:
@@ -84,15 +127,6 @@ def retention_s(settings: WorkerSettings, status: str) -> int:
 def item_id(order_key: str, rpid: str, spsid: str) -> str:
     """Deterministic item id, so a resent or updated order upserts the same record."""
     return hashlib.sha1(f"{order_key}|{rpid}|{spsid}".encode()).hexdigest()
-
-
-def order_aliases(sender: str, group: MappedGroup) -> list[str]:
-    out = []
-    if group.placer:
-        out.append(f"{sender}|P|{group.placer}")
-    if group.filler:
-        out.append(f"{sender}|F|{group.filler}")
-    return out
 
 
 class Planner:
@@ -112,12 +146,12 @@ class Planner:
         states: dict[str, dict[str, str]] = {}
         alias_map: dict[str, str] = {}  # aliases seen earlier in this message
         for group in result.groups:
-            aliases = order_aliases(result.sender, group)
+            aliases = order_aliases(result.scope, group)
             staged = next((alias_map[a] for a in aliases if a in alias_map), None)
             if staged is not None:
                 canonical, state = staged, states[staged]
             else:
-                canonical, state = self._resolve(aliases)
+                canonical, state = self._resolve(aliases, result.sender)
             for alias in aliases:
                 alias_map[alias] = canonical
             plan.orders.update(aliases)
@@ -145,7 +179,8 @@ class Planner:
         trip, for the plans that follow. Valid only until something is written: the
         sequencer calls it for each run it plans, before the run's single write."""
         self._read_ahead = {}
-        names = {a for r in results for g in r.groups for a in order_aliases(r.sender, g)}
+        names = {a for r in results for g in r.groups for a in order_aliases(r.scope, g)}
+        names |= {s for s in map(_stripped, names) if s}
         if names:
             self.read_ahead_of(sorted(names))
 
@@ -158,14 +193,39 @@ class Planner:
         for alias, data, ids in zip(aliases, replies[0::2], replies[1::2], strict=True):
             self._read_ahead[alias] = (data, sorted(m.decode() for m in ids))
 
-    def _resolve(self, aliases: list[str]) -> tuple[str, dict[str, str]]:
-        """(canonical order key, its state) for the first alias already known."""
-        missing = [a for a in aliases if a not in self._read_ahead]
+    def _resolve(self, aliases: list[str], sender: str = "") -> tuple[str, dict[str, str]]:
+        """(canonical order key, its state) for the first alias already known.
+
+        An order stored by a release before the namespace and the global scope were
+        part of its name (see :mod:`bridge.worker.migrations`) is found by its number
+        alone: a name without the namespace counts when the upgrade marked it ``legacy``,
+        or when orders are scoped by sender (then it is exactly the key that release
+        wrote); a number the upgrade found under two senders (``ambiguous``) is looked
+        up under this message's sender only, as that release did."""
+        legacy = {a: s for a in aliases if (s := _stripped(a))}
+        missing = [a for a in [*aliases, *legacy.values()] if a not in self._read_ahead]
         if missing:
             self.read_ahead_of(missing)
+        candidates: list[str] = []
+        ambiguous = False
         for alias in aliases:
+            for name in (alias, legacy.get(alias)):
+                if name is None:
+                    continue
+                data = self._read_ahead[name][0]
+                if not data:
+                    continue
+                if data.get(b"ambiguous") == b"1" and sender:
+                    ambiguous = True
+                    candidates.append(f"{sender}|{name}")
+                elif name == alias or data.get(b"legacy") == b"1" or alias.count("|") > 1:
+                    candidates.append(name)
+        extra = [c for c in candidates if c not in self._read_ahead]
+        if extra:
+            self.read_ahead_of(extra)
+        for alias in candidates:
             data = self._read_ahead[alias][0]
-            if data:
+            if data and data.get(b"ambiguous") != b"1":
                 text = {k.decode(): v.decode() for k, v in data.items()}
                 canonical = text.get("canonical", alias)
                 if canonical != alias:
@@ -181,7 +241,11 @@ class Planner:
             if ids:
                 held = any(it.hidden for it in self.store.load(ids))
                 return alias, {"canonical": alias, "hidden": "1" if held else ""}
-        return aliases[0], {}
+        # A number several senders used before the upgrade stays scoped by sender.
+        return (f"{sender}|{aliases[0]}" if ambiguous else aliases[0]), {}
+
+    def _live_items(self, plan: Plan, canonical: str) -> bool:
+        return any(it.status not in FINAL_SPS_STATUSES for it in self._items_of(plan, canonical))
 
     def _order_ids(self, order: str) -> list[str]:
         """Item ids of an order, from the ones read with the order states when possible
@@ -245,22 +309,70 @@ class Planner:
     ) -> None:
         action, status = group.action, group.status
         event = fields(action=action, control=group.control, order_status=group.order_status)
+        what = event["fields"]
+
+        def note(level: int, name: str, anomaly: str = "", **extra: Any) -> None:
+            logged = {**what, **extra}
+            if anomaly:
+                logged["anomaly"] = anomaly  # counted by emit_logs once written
+            plan.logs.append((level, name, fields(**logged)))
+            plan.events.append(anomaly or name)
+
         if action == "ignore":
             plan.logs.append((logging.INFO, "order.ignored", event))
             plan.events.append("ignored")
             return
-        if state.get("final"):
+        final = state.get("final")
+        if final and action != "create":
             # A final order never comes back: a late or repeated message must not resurrect it.
-            plan.logs.append(
-                (logging.WARNING, "order.already_final",
-                 fields(**event["fields"], final=state["final"]))
-            )  # fmt: skip
-            plan.events.append("already_final")
+            note(logging.WARNING, "order.already_final", "final_order_message", final=final)
             return
-        if action != "create" and not known:
-            plan.logs.append((logging.WARNING, "order.unknown", event))
-            plan.events.append("unknown_order")
+        if final and not _later(group.txn, state.get("final_txn")):
+            # An NW sent before (or with) the final message, arriving after it: the exam
+            # is not revived. Its items are written as the final status, so the record
+            # says what the RIS sent and nothing reaches the default worklist.
+            status = final
+            note(logging.WARNING, "order.late_new_order", "late_new_order", final=final,
+                 tombstone=bool(state.get("tombstone")))  # fmt: skip
+        elif final and self.settings.reused_order_number == "ignore":
+            note(logging.WARNING, "order.number_reused", "reused_number_ignored", final=final)
             return
+        elif final:
+            # A later NW with the number of a finished order: the RIS reused it.
+            note(logging.INFO, "order.number_reused", "reused_number_new", final=final)
+            # The old record ends here (fields are overwritten, not deleted, in Redis).
+            state.update(final="", final_txn="", tombstone="", hidden="", status="")
+        elif action != "create" and not known:
+            plan.verdict = (
+                Hl7Error.UNKNOWN_KEY,
+                "ORC-2",
+                "no order with this placer or filler order number",
+            )
+            if action == "final":
+                # Cancelled before we saw it: remember, so the NW that may still be on its
+                # way is not applied as a live exam.
+                state.update(final=status, tombstone="1")
+                if group.txn is not None:
+                    state["final_txn"] = repr(group.txn)
+                note(logging.WARNING, "order.tombstone", "tombstone", final=status)
+                state["canonical"] = canonical
+                state["last_control"] = group.control
+            else:
+                note(logging.WARNING, "order.unknown", "unknown_order")
+            return
+        elif action == "create" and self._live_items(plan, canonical):
+            if self.settings.repeated_new_order == "reject":
+                plan.reject = (
+                    Hl7Error.DUPLICATE_KEY,
+                    "ORC-2",
+                    "NW for an order that is already scheduled "
+                    "(worker.repeated_new_order = reject)",
+                )
+                return
+            # The RIS sent the whole order again: the same procedures update in place,
+            # the ones it no longer lists are discontinued (as for XO).
+            action = "update"
+            note(logging.INFO, "order.repeated_new_order", "repeated_new_order")
         existing = self._items_of(plan, canonical)
         touched: list[WorklistItem] = []
         dropped: list[WorklistItem] = []
@@ -272,7 +384,7 @@ class Planner:
                 if old is not None:
                     item = _merge(old, mi)
                 elif action == "create" or mi.complete:
-                    item = _new(iid, canonical, mi)
+                    item = new_item(iid, canonical, mi)
                     # A new procedure of a held order is held like the rest of it.
                     item.hidden = state.get("hidden") == "1"
                 else:
@@ -315,8 +427,8 @@ class Planner:
             it.seq = seq
             it.updated_at = now
             plan.upserts[it.item_id] = it
-            if action == "final":
-                plan.expire_at[it.item_id] = now + retention_s(self.settings, status)
+            if it.status in FINAL_SPS_STATUSES:
+                plan.expire_at[it.item_id] = now + retention_s(self.settings, it.status)
             else:
                 plan.expire_at.pop(it.item_id, None)
         for it in dropped:
@@ -330,10 +442,14 @@ class Planner:
             )  # fmt: skip
         state["canonical"] = canonical
         state["last_control"] = group.control
+        if group.txn is not None:
+            state["txn"] = repr(group.txn)
         if status:
             state["status"] = status
         if action == "final":
             state["final"] = status
+            if group.txn is not None:
+                state["final_txn"] = repr(group.txn)
         if action in ("hide", "show"):
             state["hidden"] = "1" if action == "hide" else ""
         plan.logs.append(
@@ -345,7 +461,8 @@ def _blank(keyword: str) -> Any:
     return [] if keyword.endswith("Sequence") else ""
 
 
-def _new(iid: str, canonical: str, mi: MappedItem) -> WorklistItem:
+def new_item(iid: str, canonical: str, mi: MappedItem) -> WorklistItem:
+    """The item a mapped procedure creates (Type 2 absent attributes present and empty)."""
     attrs: dict[str, Any] = {}
     sps: dict[str, Any] = {}
     for key in mi.absent:

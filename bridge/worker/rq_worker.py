@@ -31,7 +31,7 @@ from bridge.hl7 import parse as hl7parse
 from bridge.store.connections import sync_client
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
-from bridge.worker import rq_compat
+from bridge.worker import migrations, rq_compat
 from bridge.worker.mapping.apply import MappingResult, map_message
 from bridge.worker.mapping.load import MappingRegistry
 from bridge.worker.sequencer import Sequencer
@@ -73,6 +73,9 @@ def install(settings: Settings, client: redis.Redis | None = None) -> WorkerCont
     mappings = MappingRegistry(settings.worker.mapping, settings.worker.sender_mappings)
     ctx = WorkerContext(settings, client, keys, store, mappings, None)  # type: ignore[arg-type]
     ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse)
+    # Before the first message is applied: a store written by an earlier release is
+    # brought to this release's layout (once; under the apply lock).
+    migrations.upgrade(client, keys)
     _CONTEXT = ctx
     return ctx
 

@@ -40,9 +40,9 @@ from bridge.core.settings import WorkerSettings
 from bridge.store import lua
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
-from bridge.worker.apply import APPLY_RUN, LockLost, RunApply
+from bridge.worker.apply import APPLY_RUN, RESULT_TTL_S, LockLost, RunApply
 from bridge.worker.background import BackgroundApplier
-from bridge.worker.claim import BATCH_TTL_S, RESULT_TTL_S, BatchParse, ParseFn, failure_label
+from bridge.worker.claim import BATCH_TTL_S, BatchParse, ParseFn, failure_label
 from bridge.worker.lifecycle import Planner
 from bridge.worker.recovery import HeadRecovery
 from bridge.worker.rq_compat import batch_keys

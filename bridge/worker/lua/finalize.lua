@@ -11,11 +11,14 @@
 -- ARGV[6]  run limit (messages) for the next run
 -- ARGV[7]  the run as JSON, in line order: [{"h": message id,
 --          "s": [[order key, {field: value}, ttl s (0 = persist)], ...],
---          "b": item batch (store.worklist_store.batch_doc) or false}, ...]
+--          "b": item batch (store.worklist_store.batch_doc) or false,
+--          "v": the application-ACK verdict (JSON), "r": result:<id> key or false}, ...]
+-- ARGV[8]  TTL in s of a pushed verdict
 -- Guarantees: nothing is written unless we still hold the lock (-1) and the run is
 -- still the head of the line (-2). Then, per message in order: its items, the pop, its
--- parsed outcome deleted, its hash marked applied (kept ARGV[2] s for audit), its order
--- states. The next run is read in the same call; with none, the lock is released here,
+-- parsed outcome deleted, its hash marked applied with its verdict (kept ARGV[2] s, for
+-- audit and to answer a resend), its order states, and the verdict pushed to whoever
+-- waits for it (application-ACK mode): AA goes out only once the items are written. The next run is read in the same call; with none, the lock is released here,
 -- atomically with that check, so a worker storing an outcome afterwards finds it free.
 -- Returns {status, next head or false, next run, its seq}: 1 = the next run is parsed
 -- (lock renewed), 2 = lock released, <0 = nothing written.
@@ -30,8 +33,12 @@ for _, e in ipairs(entries) do
   redis.call('LPOP', KEYS[2])
   redis.call('DEL', ARGV[4] .. e.h)
   if redis.call('EXISTS', ARGV[5] .. e.h) == 1 then
-    redis.call('HSET', ARGV[5] .. e.h, 'state', 'applied')
+    redis.call('HSET', ARGV[5] .. e.h, 'state', 'applied', 'verdict', e.v)
     redis.call('EXPIRE', ARGV[5] .. e.h, ARGV[2])
+  end
+  if e.r then
+    redis.call('RPUSH', e.r, e.v)
+    redis.call('EXPIRE', e.r, ARGV[8])
   end
   for _, st in ipairs(e.s) do
     for k, v in pairs(st[2]) do redis.call('HSET', st[1], k, v) end

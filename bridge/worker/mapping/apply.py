@@ -76,18 +76,29 @@ class MappedGroup:
     order_status: str  # ORC-5
     action: str  # lifecycle action
     status: str  # SPS status the action sets ("" = keep)
+    #: Placer / filler order number (ORC-2 / ORC-3, else OBR-2 / OBR-3): EI.1 entity
+    #: identifier and EI.2 namespace ID, which together identify the order.
     placer: str
     filler: str
+    placer_ns: str = ""
+    filler_ns: str = ""
+    #: The sender's transaction time (ORC-9, else MSH-7) as epoch seconds; None when
+    #: neither is a valid timestamp. Tells a late message from a new one.
+    txn: float | None = None
     items: list[MappedItem] = field(default_factory=list)
 
 
 @dataclass
 class MappingResult:
-    sender: str
+    sender: str  # MSH-3^MSH-4
     groups: list[MappedGroup]
     warnings: list[str]
     charset: str
     version: str
+    #: Namespace of order numbers: "" (global: the placer number with its namespace
+    #: identifies the order, whatever interface it came through) or the sender when the
+    #: mapping says ``order_scope: sender``.
+    scope: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value: ~5 % of a message's cost. The
@@ -98,6 +109,7 @@ class MappingResult:
             "warnings": self.warnings,
             "charset": self.charset,
             "version": self.version,
+            "scope": self.scope,
         }
 
     @classmethod
@@ -106,7 +118,10 @@ class MappingResult:
             MappedGroup(**{**g, "items": [MappedItem(**i) for i in g["items"]]})
             for g in data["groups"]
         ]
-        return cls(data["sender"], groups, data["warnings"], data["charset"], data["version"])
+        # An outcome parsed by a release before order_scope was scoped by its sender.
+        scope = data["scope"] if "scope" in data else data["sender"]
+        return cls(data["sender"], groups, data["warnings"], data["charset"], data["version"],
+                   scope)  # fmt: skip
 
 
 @dataclass
@@ -326,13 +341,15 @@ def _fit_code(ctx: _Ctx, rule: Rule, item: Any) -> Any:
     return out
 
 
-def study_uid(sender: str, order_id: str, rpid: str) -> str:
+def study_uid(scope: str, order_id: str, rpid: str) -> str:
     """Deterministic Study Instance UID for an order without ZDS: ``2.25.<uuid5 int>``,
-    so resends and updates of the same requested procedure keep the same UID."""
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{sender}|{order_id}|{rpid}').int}"
+    so resends and updates of the same requested procedure keep the same UID, through
+    whichever interface they arrive (``scope`` is "" unless orders are scoped by sender;
+    items stored by earlier releases keep the UID they have)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{scope}|{order_id}|{rpid}').int}"
 
 
-def _map_item(ctx: _Ctx, sender: str, order_id: str, require: bool) -> MappedItem:
+def _map_item(ctx: _Ctx, scope: str, order_id: str, require: bool) -> MappedItem:
     attrs: dict[str, Any] = {}
     sps: dict[str, Any] = {}
     absent: list[str] = []
@@ -364,7 +381,7 @@ def _map_item(ctx: _Ctx, sender: str, order_id: str, require: bool) -> MappedIte
         ctx.values[rule.keyword] = value
     for rule, key in generated:
         rpid = str(attrs.get("RequestedProcedureID") or defaults.get("RequestedProcedureID") or "")
-        defaults[key] = study_uid(sender, order_id, rpid)
+        defaults[key] = study_uid(scope, order_id, rpid)
         ctx.warnings.append(
             f"{rule.keyword}: not in the message; generated from the order identity"
         )
@@ -440,12 +457,42 @@ def lifecycle_action(mapping: Mapping, control: str, order_status: str) -> tuple
     return action, status
 
 
+def _order_number(msg: Message, field: int, orc: Segment, obr: Segment | None) -> tuple[str, str]:
+    """(EI.1 entity identifier, EI.2 namespace ID) of ORC-``field``, else OBR-``field``."""
+    for seg in (orc, obr):
+        if seg is None:
+            continue
+        number = msg.get(f"ORC-{field}.1" if seg is orc else f"OBR-{field}.1", [seg]).strip()
+        if number:
+            ns = msg.get(f"ORC-{field}.2" if seg is orc else f"OBR-{field}.2", [seg]).strip()
+            return number, ns
+    return "", ""
+
+
+def transaction_time(msg: Message, orc: Segment, zone: ZoneInfo | None) -> float | None:
+    """ORC-9 (date/time of transaction), else MSH-7, as epoch seconds; a timestamp
+    without an offset is in the local zone. None when neither is a valid timestamp."""
+    for path, scope in (("ORC-9.1", [orc]), ("MSH-7.1", None)):
+        text = msg.get(path, scope).strip()
+        if not text:
+            continue
+        try:
+            when, _ = tf.parse_ts(text, path.rsplit(".", 1)[0])
+        except MessageRejected:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=zone) if zone is not None else when
+        return when.timestamp()
+    return None
+
+
 def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> MappingResult:
     """Map every order group of ``msg``; raises MessageRejected (101/102/103) on the
     first permanent problem, naming the HL7 field, never its value. ``local_zone`` is
     ``worker.local_timezone``: an IANA name, or ``""`` for the host's zone."""
     zone = localzone.resolve(local_zone).zone
     sender = f"{msg.get('MSH-3')}^{msg.get('MSH-4')}"
+    scope = sender if mapping.order_scope == "sender" else ""
     warnings: list[str] = []
     groups: list[MappedGroup] = []
     used: set[str] = {"MSH", "ORC", "OBR"}
@@ -466,15 +513,18 @@ def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> Mapp
         order_status = msg.leaf(orc.field(5).split(msg.comp)[0]).strip().upper()
         action, status = lifecycle_action(mapping, control, order_status)
         first_obr = part.blocks[0][0] if part.blocks else None
-        placer = msg.get("ORC-2", [orc]) or (msg.get("OBR-2", [first_obr]) if first_obr else "")
-        filler = msg.get("ORC-3", [orc]) or (msg.get("OBR-3", [first_obr]) if first_obr else "")
+        placer, placer_ns = _order_number(msg, 2, orc, first_obr)
+        filler, filler_ns = _order_number(msg, 3, orc, first_obr)
         if not placer and not filler:
             raise MessageRejected(
                 "neither placer (ORC-2) nor filler (ORC-3) order number is present",
                 Hl7Error.REQUIRED_FIELD_MISSING,
                 "ORC-2",
             )
-        group = MappedGroup(control, order_status, action, status, placer, filler)
+        group = MappedGroup(
+            control, order_status, action, status, placer, filler, placer_ns, filler_ns,
+            transaction_time(msg, orc, zone),
+        )  # fmt: skip
         if action in ("create", "update"):
             if not part.blocks:
                 raise MessageRejected(
@@ -482,15 +532,37 @@ def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> Mapp
                     Hl7Error.REQUIRED_FIELD_MISSING,
                     "OBR",
                 )
+            order_id = order_key(scope, group)
             for block in part.blocks:
                 ctx = _Ctx(msg, mapping, zone, [*block, *part.head])
-                group.items.append(
-                    _map_item(ctx, sender, placer or filler, require=action == "create")
-                )
+                group.items.append(_map_item(ctx, scope, order_id, require=action == "create"))
                 warnings.extend(w for w in ctx.warnings if w not in warnings)
                 used |= ctx.used_segments
         groups.append(group)
     unmapped = sorted({s.name for s in msg.segments} - used)
     if unmapped:
         warnings.append(f"segments not used by the mapping: {', '.join(unmapped)}")
-    return MappingResult(sender, groups, warnings, msg.charset, msg.version)
+    return MappingResult(sender, groups, warnings, msg.charset, msg.version, scope)
+
+
+def _ei(number: str, namespace: str) -> str:
+    return f"{number}^{namespace}" if namespace else number
+
+
+def order_aliases(scope: str, group: MappedGroup) -> list[str]:
+    """The names an order is known by: ``P|<placer EI>`` first, then ``F|<filler EI>``
+    (EI = entity identifier, ``^`` and the namespace ID when there is one), prefixed
+    with ``<sender>|`` when orders are scoped by sender. The first one the store knows
+    is the order's canonical name; a new order is named after the first of them."""
+    prefix = f"{scope}|" if scope else ""
+    out = []
+    if group.placer:
+        out.append(f"{prefix}P|{_ei(group.placer, group.placer_ns)}")
+    if group.filler:
+        out.append(f"{prefix}F|{_ei(group.filler, group.filler_ns)}")
+    return out
+
+
+def order_key(scope: str, group: MappedGroup) -> str:
+    """The name a new order gets (its first alias)."""
+    return order_aliases(scope, group)[0]

@@ -28,6 +28,7 @@ from bridge.store.item import SPS
 from bridge.worker.mapping.schema import (
     ACTIONS,
     ON_MISSING,
+    ORDER_SCOPES,
     TOO_LONG,
     TRANSFORMS,
     Mapping,
@@ -45,7 +46,7 @@ VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "L
           "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "US": 5}  # fmt: skip
 
 _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attributes", "one_of",
-             "default_charset", "worklist"}  # fmt: skip
+             "default_charset", "worklist", "order_scope"}  # fmt: skip
 
 #: The ``worklist`` rule's target: a called AE title (VR AE, at most 16 characters).
 WORKLIST_LABEL = "worklist"
@@ -187,6 +188,12 @@ def _build(doc: Located, chain: list[str]) -> Mapping:
         if str(charset).upper() not in CHARSETS:
             raise _err(doc, "default_charset", f"{charset!r} is not an HL7 table 0211 name")
         mapping.default_charset = str(charset)
+
+    scope = doc.data.get("order_scope")
+    if scope is not None:
+        if str(scope) not in ORDER_SCOPES:
+            raise _err(doc, "order_scope", f"allowed: {', '.join(ORDER_SCOPES)}")
+        mapping.order_scope = str(scope)
 
     life = doc.data.get("lifecycle") or Located()
     if not isinstance(life, Located):

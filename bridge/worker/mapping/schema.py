@@ -32,6 +32,9 @@ ON_MISSING = ("reject", "skip", "keep", "empty")
 #: What a too-long value does (per VR maximum length, PS3.5 Table 6.2-1).
 TOO_LONG = ("truncate", "reject")
 
+#: How order numbers are scoped (``order_scope``).
+ORDER_SCOPES = ("global", "sender")
+
 #: Lifecycle actions (see ``bridge.worker.lifecycle``).
 ACTIONS = ("create", "update", "status", "final", "hide", "show", "ignore")
 
@@ -104,5 +107,9 @@ class Mapping:
     #: Rule for the item's logical worklist label (``scp.per_called_ae_worklists``: the
     #: called AE title that serves the item), run after every attribute rule; None = none.
     worklist: Rule | None = None
+    #: ``global``: an order is its placer number with namespace (filler as alias),
+    #: whichever interface a message came through; ``sender``: order numbers are only
+    #: unique per MSH-3/MSH-4 (several RIS share placer numbers).
+    order_scope: str = "global"
     #: Which files this mapping was built from, base first.
     chain: list[str] = field(default_factory=list)
