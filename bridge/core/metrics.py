@@ -207,5 +207,3 @@ def _handler(registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
             pass  # scrapes every few seconds would drown the event log
 
     return Handler
-
-
