@@ -196,7 +196,7 @@ def test_rejected_message_does_not_block_the_next(
     run(
         redis_client,
         wsettings,
-        (SAMPLES / "orm_bad_missing_spsid.hl7").read_bytes(),
+        (SAMPLES / "orm_bad_missing_pid3.hl7").read_bytes(),
         orm(placer="OK1"),
     )
     assert len(items(redis_client, wsettings)) == 1

@@ -107,7 +107,7 @@ def test_v251_procedure_code_from_obr44() -> None:
 
 @pytest.mark.parametrize(
     "sample,code,location",
-    [("orm_bad_missing_spsid.hl7", Hl7Error.REQUIRED_FIELD_MISSING, "OBR-20"),
+    [("orm_bad_missing_pid3.hl7", Hl7Error.REQUIRED_FIELD_MISSING, "PID-3.1"),
      ("orm_bad_date.hl7", Hl7Error.DATA_TYPE, "OBR-27.4"),
      ("orm_bad_modality.hl7", Hl7Error.TABLE_VALUE_NOT_FOUND, "OBR-24")],
 )  # fmt: skip
@@ -132,13 +132,10 @@ def test_priority_falls_back_to_orc7_and_sex_table() -> None:
     assert it.attrs["PatientSex"] == ""
 
 
-def test_missing_patient_name_and_station_are_101() -> None:
+def test_missing_patient_name_is_101() -> None:
     with pytest.raises(MessageRejected) as exc:
         mapped(orm(patient_name=""))
     assert (exc.value.code, exc.value.location) == (Hl7Error.REQUIRED_FIELD_MISSING, "PID-5")
-    with pytest.raises(MessageRejected) as exc:
-        mapped(orm(station=""))
-    assert exc.value.location == "OBR-21"
 
 
 def test_date_only_start_is_rejected_102() -> None:
@@ -317,3 +314,94 @@ def test_worklist_rule_errors_name_the_key(tmp_path: Path, text: str, key: str) 
     with pytest.raises(MappingFileError) as exc:
         load_mapping(write(tmp_path, "bad.yaml", text))
     assert exc.value.mapping_key == key
+
+
+# -- fallbacks of the default mapping for real RIS feeds (issue #11) ----------------------
+
+STRICT = load_mapping("strict")
+
+
+def test_strict_profile_rejects_what_the_default_fills_in() -> None:
+    """The shipped default took OBR-20 as the only SPS ID source (today: 101 at OBR-20);
+    the strict profile keeps that, the default falls back to the Requested Procedure ID."""
+    raw = (SAMPLES / "orm_bad_missing_spsid.hl7").read_bytes()
+    with pytest.raises(MessageRejected) as exc:
+        mapped(raw, STRICT)
+    assert (exc.value.code, exc.value.location) == (Hl7Error.REQUIRED_FIELD_MISSING, "OBR-20")
+    assert first(mapped(raw)).sps["ScheduledProcedureStepID"] == "RP1"
+
+
+def test_ids_fall_back_to_accession_then_placer_unique_per_obr() -> None:
+    """No OBR-18/19/20 (today: 101 at OBR-19): RPID ← accession ← placer, made unique
+    per OBR when there are several; SPS ID ← RPID; accession ← filler (≤ 16 chars)."""
+    one = first(mapped(orm(obrs=[{18: None, 19: None, 20: None}], filler="F-0042")))
+    assert (one.attrs["AccessionNumber"], one.attrs["RequestedProcedureID"],
+            one.sps["ScheduledProcedureStepID"]) == ("F-0042", "F-0042", "F-0042")  # fmt: skip
+    bare = {18: None, 19: None, 20: None}
+    two = mapped(orm(obrs=[bare, {**bare, 1: "2"}], filler="F-LONGER-THAN-16-CHARS"))
+    got = [(i.attrs.get("AccessionNumber"), i.attrs["RequestedProcedureID"],
+            i.sps["ScheduledProcedureStepID"]) for i in two.groups[0].items]  # fmt: skip
+    assert [(i.attrs.get("AccessionNumber", "absent"), *x[1:]) for i, x in
+            zip(two.groups[0].items, got, strict=True)] == [
+        ("absent", "PL1.1", "PL1.1"), ("absent", "PL1.2", "PL1.2")]  # fmt: skip
+    assert any("AccessionNumber: ORC-3.1 longer than 16" in w for w in two.warnings)
+
+
+def test_accession_from_filler_can_be_turned_off(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text('extends: default\nvars:\n  accession_from_filler: "false"\n')
+    it = first(mapped(orm(obrs=[{18: None}], filler="F-0042"), load_mapping(site)))
+    assert "AccessionNumber" in it.absent and it.attrs["RequestedProcedureID"] == "RP1"
+
+
+@pytest.mark.parametrize(
+    "extra,date,time,alert",
+    [({27: "", 36: "20260707111500"}, "20260707", "111500", False),
+     ({27: "", 7: "20260708121500"}, "20260708", "121500", True)],
+)  # fmt: skip
+def test_start_falls_back_to_obr36_then_obr7_with_an_alert(
+    extra: dict[int, str], date: str, time: str, alert: bool
+) -> None:
+    r = mapped(orm(obrs=[extra], start=""), zone="UTC")
+    sps = first(r).sps
+    assert (sps["ScheduledProcedureStepStartDate"], sps["ScheduledProcedureStepStartTime"]) == (
+        date, time)  # fmt: skip
+    assert any("OBR-7" in a for a in r.alerts) is alert
+
+
+def test_start_from_tq1_7() -> None:
+    text = orm(obrs=[{27: ""}], start="", version="2.5")
+    text = text.replace("\rOBR|", "\rTQ1|1||||||20260709131500\rOBR|", 1)
+    sps = first(mapped(text, zone="UTC")).sps
+    assert sps["ScheduledProcedureStepStartDate"] == "20260709"
+
+
+def test_missing_station_is_an_alert_not_a_rejection() -> None:
+    """Today: 101 at OBR-21. Now the item is made with an empty station and the worker
+    logs a WARNING; the strict profile still rejects it."""
+    raw = orm(station="")
+    r = mapped(raw)
+    assert "SPS.ScheduledStationAETitle" in first(r).absent  # stored present-but-empty
+    assert any("ScheduledStationAETitle: not in the message" in a for a in r.alerts)
+    with pytest.raises(MessageRejected) as exc:
+        mapped(raw, STRICT)
+    assert exc.value.location == "OBR-21"
+
+
+@pytest.mark.parametrize("code", ["ES", "IO", "PX", "OP", "XC", "GM", "SM", "BMD", "IVUS",
+                                  "PT", "OT", "SR", "CT", "MG", "RTIMAGE"])  # fmt: skip
+def test_every_dicom_modality_passes_through(code: str) -> None:
+    """Today ES, IO, PX, OP, XC, GM, SM, BMD, IVUS were dead-lettered (103)."""
+    assert first(mapped(orm(modality=code))).sps["Modality"] == code
+
+
+@pytest.mark.parametrize("code,dicom", [("RAD", "CR"), ("MRI", "MR"), ("VUS", "US")])
+def test_hl7_table_0074_codes_map_as_before(code: str, dicom: str) -> None:
+    assert first(mapped(orm(modality=code))).sps["Modality"] == dicom
+
+
+def test_unknown_modality_names_the_allowed_values_in_the_rejection() -> None:
+    with pytest.raises(MessageRejected) as exc:
+        mapped(orm(modality="XYZ"))
+    assert exc.value.code == Hl7Error.TABLE_VALUE_NOT_FOUND and exc.value.location == "OBR-24"
+    assert "IVUS" in exc.value.detail and "XYZ" not in str(exc.value)

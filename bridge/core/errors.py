@@ -40,15 +40,21 @@ class PermanentError(BridgeError):
     """A failure of this input that no retry cures.
 
     ``code`` is the HL7 table 0357 code for the ERR segment, ``location`` the HL7 field
-    (e.g. ``PID-3``) when one is to blame.
+    (e.g. ``PID-3``) when one is to blame, ``detail`` more for the dead letter than fits
+    an ACK (e.g. the values a table allows; never patient data).
     """
 
     def __init__(
-        self, message: str, code: Hl7Error = Hl7Error.INTERNAL_ERROR, location: str = ""
+        self,
+        message: str,
+        code: Hl7Error = Hl7Error.INTERNAL_ERROR,
+        location: str = "",
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
         self.location = location
+        self.detail = detail
 
 
 class MessageRejected(PermanentError):

@@ -100,7 +100,8 @@ class WorkerSettings:
 
     #: Worker processes started by ``mwl-bridge run``.
     workers: int = 2
-    #: Default mapping file; empty = the shipped IHE mapping ``mappings/ihe-rad.yaml``.
+    #: Default mapping file; empty = the shipped IHE mapping ``mappings/ihe-rad.yaml`` (with
+    #: fallbacks); ``strict`` = the shipped strict IHE profile ``mappings/ihe-rad-strict.yaml``.
     mapping: str = ""
     #: Per-sender mapping files: ``MSH3[|MSH4]=path`` entries.
     sender_mappings: dict[str, str] = field(default_factory=dict)

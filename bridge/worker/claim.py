@@ -161,17 +161,24 @@ class BatchParse:
             result = self.parse_fn(message_id, meta)
             doc = {"kind": "ops", "result": result.to_dict()}
             outcome = "parsed"
+            if result.alerts:
+                log.warning(
+                    "message.mapping_alerts",
+                    extra=fields(message_id=message_id, control_id=text_meta.get("control_id", ""),
+                                 alerts="; ".join(result.alerts)),
+                )  # fmt: skip
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:
+            detail = ""
             if isinstance(exc, PermanentError):
-                code, location, reason = exc.code, exc.location, str(exc)
+                code, location, reason, detail = exc.code, exc.location, str(exc), exc.detail
             else:
                 # A bug must not block the line: dead-letter the message with 207.
                 log_failure(log, "message.internal_error", exc, message_id=message_id)
                 code, location = Hl7Error.INTERNAL_ERROR, ""
                 reason = f"internal error while mapping ({type(exc).__name__})"
-            self._reject(message_id, meta, text_meta, code, location, reason)
+            self._reject(message_id, meta, text_meta, code, location, reason, detail)
             doc = {"kind": "rejected", "code": int(code), "location": location, "reason": reason}
             outcome = "rejected"
         # The application-ACK verdict is pushed when the message is applied (its items are
@@ -188,6 +195,7 @@ class BatchParse:
         code: Hl7Error,
         location: str,
         reason: str,
+        detail: str = "",
     ) -> None:
         metrics.MAPPING_FAILURES.labels(reason=failure_label(code)).inc()
         letter_meta = {
@@ -203,7 +211,7 @@ class BatchParse:
         # The dead-letter id is the message id: a re-run overwrites instead of duplicating.
         letter = deadletter.DeadLetter(
             raw=raw if isinstance(raw, bytes) else str(raw).encode(),
-            reason=reason,
+            reason=f"{reason} ({detail})" if detail else reason,
             stage="worker",
             code=int(code),
             location=location,

@@ -99,6 +99,8 @@ class MappingResult:
     #: identifies the order, whatever interface it came through) or the sender when the
     #: mapping says ``order_scope: sender``.
     scope: str = ""
+    #: The warnings the worker logs (see ``_Ctx.alerts``); all of them are in ``warnings``.
+    alerts: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value: ~5 % of a message's cost. The
@@ -110,6 +112,7 @@ class MappingResult:
             "charset": self.charset,
             "version": self.version,
             "scope": self.scope,
+            "alerts": self.alerts,
         }
 
     @classmethod
@@ -121,7 +124,7 @@ class MappingResult:
         # An outcome parsed by a release before order_scope was scoped by its sender.
         scope = data["scope"] if "scope" in data else data["sender"]
         return cls(data["sender"], groups, data["warnings"], data["charset"], data["version"],
-                   scope)  # fmt: skip
+                   scope, data.get("alerts", []))  # fmt: skip
 
 
 @dataclass
@@ -151,16 +154,29 @@ def split_groups(msg: Message) -> list[_Group]:
     return groups
 
 
+_TRUE = frozenset({"true", "yes", "on", "1"})
+
+
 class _Ctx:
     def __init__(
-        self, msg: Message, mapping: Mapping, zone: ZoneInfo | None, scope: list[Segment]
+        self,
+        msg: Message,
+        mapping: Mapping,
+        zone: ZoneInfo | None,
+        scope: list[Segment],
+        obr_suffix: str = "",
     ) -> None:
         self.msg = msg
         self.mapping = mapping
         self.zone = zone
         self.scope = scope
+        #: ``.<set ID>`` of this OBR when the order group has several, else "".
+        self.obr_suffix = obr_suffix
         self.values: dict[str, Any] = {}
         self.warnings: list[str] = []
+        #: Warnings the worker logs (last-resort fallbacks, missing values that make an
+        #: item hard to find): keywords and HL7 locations only, never values.
+        self.alerts: list[str] = []
         self.used_segments: set[str] = set()
 
 
@@ -236,6 +252,7 @@ def _post(ctx: _Ctx, rule: Rule, src: Source, value: Any) -> Any:
                 f"{src.location} holds a code not in table {table_name}",
                 Hl7Error.TABLE_VALUE_NOT_FOUND,
                 src.location,
+                detail=f"allowed: {', '.join(sorted(table))}",
             )
         if policy == "skip":
             return None
@@ -249,8 +266,33 @@ def _post(ctx: _Ctx, rule: Rule, src: Source, value: Any) -> Any:
 
 def _evaluate(ctx: _Ctx, rule: Rule) -> Any:
     """The rule's value, ``""`` for an HL7 null, or _ABSENT."""
+    value = _first_value(ctx, rule)
+    if value is _ABSENT and rule.missing == "warn":
+        ctx.alerts.append(f"{rule.keyword}: not in the message; left empty")
+    return value
+
+
+def _usable(ctx: _Ctx, rule: Rule, src: Source, values: list[Any]) -> list[Any] | None:
+    """The source's values after its own options, or None to try the next source."""
+    limit = rule.max_length
+    if src.if_fits and limit and any(isinstance(v, str) and len(v) > limit for v in values):
+        ctx.warnings.append(f"{rule.keyword}: {src.location} longer than {rule.max_length}"
+                            " characters; not used")  # fmt: skip
+        return None
+    if src.per_obr and ctx.obr_suffix:
+        room = (rule.max_length or 10_000) - len(ctx.obr_suffix)
+        values = [f"{v[:room]}{ctx.obr_suffix}" if isinstance(v, str) and v else v
+                  for v in values]  # fmt: skip
+    if src.warn:
+        ctx.alerts.append(f"{rule.keyword}: taken from {src.location}, a last-resort fallback")
+    return values
+
+
+def _first_value(ctx: _Ctx, rule: Rule) -> Any:
     collected: list[Any] = []
     for src in rule.sources:
+        if src.when and ctx.mapping.vars.get(src.when, "").strip().lower() not in _TRUE:
+            continue
         nodes = _nodes(ctx, src)
         if not nodes:
             continue
@@ -270,6 +312,11 @@ def _evaluate(ctx: _Ctx, rule: Rule) -> Any:
         values = [v for v in values if v != ""] or values[:1]
         if not values:
             continue
+        if values != [""] and (src.if_fits or src.per_obr or src.warn):
+            usable = _usable(ctx, rule, src, values)
+            if usable is None:
+                continue
+            values = usable
         if rule.join is not None:
             collected.extend(v for v in values if v != "")
             continue
@@ -494,6 +541,7 @@ def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> Mapp
     sender = f"{msg.get('MSH-3')}^{msg.get('MSH-4')}"
     scope = sender if mapping.order_scope == "sender" else ""
     warnings: list[str] = []
+    alerts: list[str] = []
     groups: list[MappedGroup] = []
     used: set[str] = {"MSH", "ORC", "OBR"}
     parts = split_groups(msg)
@@ -533,16 +581,21 @@ def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> Mapp
                     "OBR",
                 )
             order_id = order_key(scope, group)
-            for block in part.blocks:
-                ctx = _Ctx(msg, mapping, zone, [*block, *part.head])
+            several = len(part.blocks) > 1
+            for n, block in enumerate(part.blocks, start=1):
+                set_id = msg.leaf(block[0].field(1).split(msg.comp)[0]).strip() if several else ""
+                suffix = f".{set_id or n}" if several else ""
+                ctx = _Ctx(msg, mapping, zone, [*block, *part.head], suffix)
                 group.items.append(_map_item(ctx, scope, order_id, require=action == "create"))
                 warnings.extend(w for w in ctx.warnings if w not in warnings)
+                alerts.extend(a for a in ctx.alerts if a not in alerts)
+                warnings.extend(a for a in ctx.alerts if a not in warnings)
                 used |= ctx.used_segments
         groups.append(group)
     unmapped = sorted({s.name for s in msg.segments} - used)
     if unmapped:
         warnings.append(f"segments not used by the mapping: {', '.join(unmapped)}")
-    return MappingResult(sender, groups, warnings, msg.charset, msg.version, scope)
+    return MappingResult(sender, groups, warnings, msg.charset, msg.version, scope, alerts)
 
 
 def _ei(number: str, namespace: str) -> str:

@@ -36,10 +36,15 @@ from bridge.worker.mapping.schema import (
     Source,
 )
 
-#: The shipped default mapping (IHE Scheduled Workflow, RAD TF-2 Appendix B): package data
-#: ``bridge/data/ihe-rad.yaml``, a symlink to ``mappings/ihe-rad.yaml`` in the repository
-#: and a copy in the wheel.
-DEFAULT_MAPPING = Path(__file__).resolve().parents[2] / "data" / "ihe-rad.yaml"
+#: The shipped mappings, by the name a site file ``extends:`` (or ``worker.mapping`` names):
+#: package data ``bridge/data/``, symlinks to ``mappings/`` in the repository and copies in
+#: the wheel. ``default`` is IHE Scheduled Workflow (RAD TF-2 Appendix B) with the
+#: fallbacks real feeds need, ``strict`` the same profile without them.
+SHIPPED = {
+    name: Path(__file__).resolve().parents[2] / "data" / file
+    for name, file in (("default", "ihe-rad.yaml"), ("strict", "ihe-rad-strict.yaml"))
+}
+DEFAULT_MAPPING = SHIPPED["default"]
 
 #: Maximum value length per VR in characters (PS3.5 Table 6.2-1); PN is per group.
 VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "LT": 10240,
@@ -52,8 +57,9 @@ _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attribute
 WORKLIST_LABEL = "worklist"
 _RULE_KEYS = {"source", "const", "transform", "table", "on_missing", "regex", "components",
               "join", "multi", "required", "default", "generate", "too_long", "partial", "zone",
-              "vr", "max_length", "scheme_default"}  # fmt: skip
-_SOURCE_KEYS = {"path", "const", "transform", "table", "on_missing", "regex", "components"}
+              "vr", "max_length", "scheme_default", "missing"}  # fmt: skip
+_SOURCE_KEYS = {"path", "const", "transform", "table", "on_missing", "regex", "components",
+                "when", "if_fits", "per_obr", "warn"}  # fmt: skip
 
 
 @dataclass
@@ -139,9 +145,10 @@ def _resolve_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[Located, li
         return doc, [str(path)]
     if not isinstance(parent, str) or not parent.strip():
         raise MappingFileError(
-            str(path), "must name a file or 'default'", doc.lines["extends"], "extends"
+            str(path), f"must name a file or one of: {', '.join(SHIPPED)}", doc.lines["extends"],
+            "extends",
         )
-    base_path = DEFAULT_MAPPING if parent.strip() == "default" else (path.parent / parent).resolve()
+    base_path = SHIPPED.get(parent.strip()) or (path.parent / parent).resolve()
     if not base_path.exists():
         raise MappingFileError(
             str(path), f"base file {base_path} does not exist", doc.lines["extends"], "extends"
@@ -153,7 +160,7 @@ def _resolve_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[Located, li
 
 def load_mapping(path: str | Path | None = None) -> Mapping:
     """Read, merge and validate a mapping file (``None`` = the shipped default)."""
-    p = Path(path) if path else DEFAULT_MAPPING
+    p = SHIPPED.get(str(path), Path(path)) if path else DEFAULT_MAPPING
     doc, chain = _resolve_chain(p)
     return _build(doc, chain)
 
@@ -286,11 +293,22 @@ def _source(doc: Located, key: str, entry: Any, mapping: Mapping, line: int) -> 
         else:
             raise MappingFileError(entry.file, "a source needs path or const", entry.line, key)
         opts = _options(entry, key, mapping)
+        when = str(entry.data.get("when") or "")
+        if when and when not in mapping.vars:
+            raise MappingFileError(entry.file, f"unknown variable {when!r} (define it under vars)",
+                                   entry.lines.get("when"), f"{key}.when")  # fmt: skip
+        flags = {}
+        for flag in ("if_fits", "per_obr", "warn"):
+            value = entry.data.get(flag, False)
+            if not isinstance(value, bool):
+                raise MappingFileError(entry.file, "expected true or false",
+                                       entry.lines.get(flag), f"{key}.{flag}")  # fmt: skip
+            flags[flag] = value
         return Source(
             path=base.path, ref=base.ref, const=base.const, line=entry.line,
             transform=opts.get("transform", ""), table=opts.get("table", ""),
             on_missing=opts.get("on_missing", ""), regex=opts.get("regex", ""),
-            components=opts.get("components", ()),
+            components=opts.get("components", ()), when=when, **flags,
         )  # fmt: skip
     raise _err(doc, key, "a source is an HL7 path, @Keyword, or a mapping with path/const")
 
@@ -430,6 +448,7 @@ def _rule(doc: Located, keyword: str, spec: Any, mapping: Mapping, vr: str = "")
         vr=vr,
         max_length=max_length,
         scheme_default=str(spec.data.get("scheme_default", "")),
+        missing=choice("missing", ("", "warn"), ""),
         line=line,
     )
 

@@ -52,6 +52,16 @@ class Source:
     on_missing: str = ""
     regex: str = ""
     components: tuple[int, ...] = ()  # code_item: value, scheme, meaning
+    #: Use this source only while the mapping variable of this name is true.
+    when: str = ""
+    #: Skip this source (try the next) when its value is longer than the rule's VR allows,
+    #: instead of truncating or rejecting it.
+    if_fits: bool = False
+    #: When the order has several OBRs, append ``.<OBR-1 set ID or position>`` so that a
+    #: value taken from the order (not the OBR) stays unique per procedure.
+    per_obr: bool = False
+    #: A value from this source is a last-resort fallback: the worker logs a WARNING.
+    warn: bool = False
     line: int = 0
 
     @property
@@ -81,6 +91,9 @@ class Rule:
     vr: str = ""
     max_length: int = 0
     scheme_default: str = ""
+    #: ``warn``: an absent value is logged as a WARNING (not an error: the item is still
+    #: made, e.g. without a station); "" = nothing said.
+    missing: str = ""
     line: int = 0
 
     @property
