@@ -212,7 +212,7 @@ def test_versions(
 @pytest.mark.parametrize(
     ("old", "new", "err", "where"),
     [
-        (b"|ORM^O01|", b"|ADT^A01|", "200", "MSH^1^9"),
+        (b"|ORM^O01|", b"|MDM^T02|", "200", "MSH^1^9"),
         (b"|ORM^O01|", b"|ORM^O02|", "201", "MSH^1^9"),
         (b"|P|2.5", b"|X|2.5", "202", "MSH^1^11"),
         (b"|P|2.5", b"|P|2.6", "203", "MSH^1^12"),

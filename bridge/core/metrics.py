@@ -88,6 +88,13 @@ ORDER_ANOMALIES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+PATIENT_EVENTS = Counter(
+    "mwl_patient_events",
+    "ADT events applied, by trigger event and outcome (updated, no_items, merged, "
+    "merged_no_items, ignored).",
+    ["event", "outcome"],
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",

@@ -64,8 +64,16 @@ class MllpSettings:
     max_connections: int = 64
     #: Accept VT…FS without the final CR (some senders omit it).
     accept_missing_final_cr: bool = False
-    #: MSH-9 message type^trigger values accepted; others get AR 200/201.
-    accepted_message_types: tuple[str, ...] = ("ORM^O01",)
+    #: MSH-9 message type^trigger values accepted; others get AR 200/201. Orders (ORM^O01,
+    #: OMI^O23, OMG^O19) and the ADT events of IHE RAD-1/RAD-12 (what each does is the
+    #: mapping's ``patient: events`` table; an accepted event it does not list is counted
+    #: and changes nothing).
+    accepted_message_types: tuple[str, ...] = (
+        "ORM^O01", "OMI^O23", "OMG^O19",
+        "ADT^A01", "ADT^A02", "ADT^A03", "ADT^A04", "ADT^A05", "ADT^A06", "ADT^A07",
+        "ADT^A08", "ADT^A11", "ADT^A12", "ADT^A13", "ADT^A31", "ADT^A34", "ADT^A35",
+        "ADT^A36", "ADT^A40", "ADT^A47",
+    )  # fmt: skip
     #: MSH-12 versions accepted ("2.3.0" is read as "2.3"); others get AR 203.
     accepted_versions: tuple[str, ...] = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1")
     #: MSH-11 processing ids accepted (P production, D debugging, T training); else AR 202.
@@ -131,6 +139,10 @@ class WorkerSettings:
     #: place, the ones it no longer lists are discontinued, as for XO) or ``reject`` (AE
     #: 205 and a dead letter). Never two live items for one procedure.
     repeated_new_order: str = field(default="update", metadata=_choices("update", "reject"))
+    #: How long the record of a patient merge (ADT A40/A34/A36) or identifier change
+    #: (A47) is kept, so that a later order naming the old identifier is applied to the
+    #: surviving patient; 0 = for good (a few hundred bytes per merge).
+    patient_merge_retention_s: int = 0
     #: How long an applied message's hash (raw bytes, metadata) is kept for audit.
     processed_retention_s: int = 24 * 3600
     #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a

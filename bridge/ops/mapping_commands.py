@@ -17,7 +17,7 @@ from bridge.core.settings import Settings
 from bridge.hl7 import parse as hl7parse
 from bridge.store.item import to_dataset
 from bridge.worker.lifecycle import item_id, new_item
-from bridge.worker.mapping.apply import map_message, order_key
+from bridge.worker.mapping.apply import PatientEvent, map_message, order_key
 from bridge.worker.mapping.load import load_mapping
 
 EXIT_REJECTED = 1
@@ -56,6 +56,8 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
         )
         return EXIT_REJECTED
     print(f"# message: version {result.version}, charset {result.charset}")
+    if result.patient is not None:
+        _print_patient_event(result.patient)
     n = 0
     for group in result.groups:
         action = group.action + (f":{group.status}" if group.status else "")
@@ -77,3 +79,14 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"WARNING: {warning}")
     return 0
+
+
+def _print_patient_event(event: PatientEvent) -> None:
+    """What an ADT message would change: per patient, the attributes it sets on the
+    patient's open items, and for a merge the identifier it moves them from."""
+    print(f"# patient event {event.event} -> {event.action}")
+    for n, p in enumerate(event.patients, start=1):
+        moved = f" (from {p.merged_pid!r}, issuer {p.merged_issuer!r})" if p.merged_pid else ""
+        print(f"## patient {n}: id {p.pid!r}, issuer {p.issuer!r}{moved}")
+        for keyword, value in {**p.attrs, **p.visit}.items():
+            print(f"   {keyword} = {value!r}")

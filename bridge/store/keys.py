@@ -98,6 +98,11 @@ class Keys:
         the upgrade of an earlier release's store)."""
         return f"{self.prefix}:order:{order_key}"
 
+    def patient(self, patient_key: str) -> str:
+        """Hash: ``survivor`` = the ``<issuer>|<id>`` a patient ``<issuer>|<id>`` was merged
+        into (ADT A40/A34/A36) or renamed to (A47), with the event and when."""
+        return f"{self.prefix}:patient:{patient_key}"
+
     @property
     def schema(self) -> str:
         """String: the version of the store's layout, set by the workers' upgrade step

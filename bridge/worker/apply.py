@@ -197,7 +197,10 @@ class RunApply:
         try:
             for n, (head, decoded, doc) in enumerate(outcomes):
                 result = decoded if isinstance(decoded, MappingResult) else None
-                if entries and result is not None and _order_names(result) & taken:
+                alone = result is not None and result.patient is not None
+                if entries and result is not None and (alone or _order_names(result) & taken):
+                    # An ADT event touches items of any number of orders: it is planned
+                    # alone, on the state the messages before it wrote.
                     break
                 if isinstance(decoded, Exception):
                     verdict = self._apply_failed(head, decoded)  # dead-lettered, then popped
@@ -225,6 +228,8 @@ class RunApply:
                     }
                 )
                 logs.append(records)
+                if alone:
+                    break  # the messages after it see what it wrote
         finally:
             self.planner.read_ahead([])  # stale once the run is written
         return entries, logs

@@ -56,7 +56,13 @@ from bridge.core.settings import WorkerSettings
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
-from bridge.worker.mapping.apply import MappedGroup, MappedItem, MappingResult, order_aliases
+from bridge.worker.mapping.apply import (
+    MappedGroup,
+    MappedItem,
+    MappingResult,
+    PatientEvent,
+    order_aliases,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +97,13 @@ def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
     once the plan is written are they true."""
     for level, event, extra in records:
         log.log(level, event, extra=extra)
-        kind = extra.get("fields", {}).get("anomaly")
+        logged = extra.get("fields", {})
+        kind = logged.get("anomaly")
         if kind:
             metrics.ORDER_ANOMALIES.labels(kind=kind).inc()
+        outcome = logged.get("patient_event")
+        if outcome:
+            metrics.PATIENT_EVENTS.labels(event=logged["event"], outcome=outcome).inc()
 
 
 def _later(txn: float | None, final_txn: str | None) -> bool:
@@ -105,6 +115,15 @@ def _later(txn: float | None, final_txn: str | None) -> bool:
         return txn > float(final_txn)
     except ValueError:
         return False
+
+
+def _patient_key(attrs: dict[str, Any]) -> str | None:
+    """``<issuer>|<patient id>`` of mapped or stored attributes; None without an id."""
+    pid = attrs.get("PatientID")
+    if not isinstance(pid, str) or not pid:
+        return None
+    issuer = attrs.get("IssuerOfPatientID")
+    return f"{issuer if isinstance(issuer, str) else ''}|{pid}"
 
 
 def _stripped(alias: str) -> str | None:
@@ -139,10 +158,15 @@ class Planner:
         self.settings = settings
         #: alias → (order hash, item ids) read before the plans of a run (read_ahead).
         self._read_ahead: dict[str, tuple[dict[bytes, bytes], list[str]]] = {}
+        #: "<issuer>|<patient id>" → the merge record (``keys.patient``), read ahead too.
+        self._patients: dict[str, dict[bytes, bytes]] = {}
 
     def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
         """What ``result`` changes; reads Redis (or what read_ahead read), writes nothing."""
         plan = Plan()
+        if result.patient is not None:
+            self._plan_patient(plan, result.patient, now, seq)
+            return plan
         states: dict[str, dict[str, str]] = {}
         alias_map: dict[str, str] = {}  # aliases seen earlier in this message
         for group in result.groups:
@@ -179,8 +203,13 @@ class Planner:
         trip, for the plans that follow. Valid only until something is written: the
         sequencer calls it for each run it plans, before the run's single write."""
         self._read_ahead = {}
+        self._patients = {}
         names = {a for r in results for g in r.groups for a in order_aliases(r.scope, g)}
         names |= {s for s in map(_stripped, names) if s}
+        patients = {_patient_key(mi.attrs) for r in results for g in r.groups for mi in g.items}
+        patients.discard(None)
+        if patients:
+            self._read_patients(sorted(p for p in patients if p))
         if names:
             self.read_ahead_of(sorted(names))
 
@@ -246,6 +275,109 @@ class Planner:
 
     def _live_items(self, plan: Plan, canonical: str) -> bool:
         return any(it.status not in FINAL_SPS_STATUSES for it in self._items_of(plan, canonical))
+
+    # -- patients (ADT) and merges ---------------------------------------------------------
+    def _read_patients(self, keys: list[str]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(self.keys.patient(key))
+        for key, data in zip(keys, pipe.execute(), strict=True):
+            self._patients[key] = data
+
+    def survivor(self, key: str) -> str | None:
+        """The patient ``key`` (``<issuer>|<id>``) was merged into, following a chain of
+        merges; None when it was not merged."""
+        seen = {key}
+        current = key
+        for _ in range(16):  # merges chain rarely; a loop in the records must not hang
+            if current not in self._patients:
+                self._read_patients([current])
+            target = self._patients[current].get(b"survivor")
+            if not target:
+                return None if current == key else current
+            current = target.decode()
+            if current in seen:
+                log.warning("patient.merge_loop", extra=fields(hops=len(seen)))
+                return None
+            seen.add(current)
+        return current
+
+    def _redirect(self, plan: Plan, group: MappedGroup, what: dict[str, Any]) -> None:
+        """An order naming a patient that has been merged (or whose identifier changed) is
+        applied to the surviving patient: its Patient ID and issuer are rewritten."""
+        for mi in group.items:
+            key = _patient_key(mi.attrs)
+            target = self.survivor(key) if key else None
+            if target is None:
+                continue
+            issuer, _, pid = target.partition("|")
+            mi.attrs["PatientID"] = pid
+            if "IssuerOfPatientID" in mi.attrs or issuer:
+                mi.attrs["IssuerOfPatientID"] = issuer
+            plan.logs.append((logging.WARNING, "order.patient_redirected",
+                              fields(**what, anomaly="merged_patient_redirect")))  # fmt: skip
+
+    def _patient_items(self, plan: Plan, pid: str, issuer: str) -> list[WorklistItem]:
+        """Open (not final) items of a patient, staged versions first. Same issuer, or
+        no issuer on one side (Patient ID came without one)."""
+        ids = set(self.store.ids_for("pid", pid))
+        ids |= {i for i, it in plan.upserts.items() if it.attrs.get("PatientID") == pid}
+        staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
+        stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))
+        out = []
+        for it in [*staged, *stored]:
+            if it.attrs.get("PatientID") != pid or it.status in FINAL_SPS_STATUSES:
+                continue
+            theirs = str(it.attrs.get("IssuerOfPatientID") or "")
+            if issuer and theirs and theirs != issuer:
+                continue
+            out.append(it)
+        return out
+
+    def _plan_patient(self, plan: Plan, event: PatientEvent, now: float, seq: int) -> None:
+        """An ADT event: update the open items of each patient it names, or move the open
+        items of a merged patient to the survivor and record the merge (kept
+        ``worker.patient_merge_retention_s``, 0 = for good) so that a later order naming
+        the merged identifier reaches the survivor. Final items keep what they were
+        performed with. A patient without items is normal in a full ADT feed: counted,
+        AA."""
+        what = {"event": event.event, "action": event.action}
+        plan.orders.add("patient")  # planned alone in its run (see apply._plan_run)
+        if event.action == "ignore":
+            plan.logs.append((logging.INFO, "patient.ignored",
+                              fields(**what, patient_event="ignored")))  # fmt: skip
+            return
+        for p in event.patients:
+            if event.action in ("merge", "change_id"):
+                old = f"{p.merged_issuer or p.issuer}|{p.merged_pid}"
+                new = f"{p.issuer}|{p.pid}"
+                if old == new:
+                    continue
+                ttl = self.settings.patient_merge_retention_s
+                record = {"survivor": new, "event": event.event, "at": repr(now)}
+                plan.order_states[self.keys.patient(old)] = (record, ttl)
+                # A record that pointed the survivor elsewhere would make a loop.
+                self._patients[old] = {k.encode(): v.encode() for k, v in record.items()}
+                items = self._patient_items(plan, p.merged_pid, p.merged_issuer or p.issuer)
+                for it in items:
+                    it.attrs["PatientID"] = p.pid
+                    if "IssuerOfPatientID" in it.attrs or p.issuer:
+                        it.attrs["IssuerOfPatientID"] = p.issuer
+                    it.attrs.update(p.attrs)
+                outcome = "merged" if items else "merged_no_items"
+            else:
+                items = self._patient_items(plan, p.pid, p.issuer)
+                for it in items:
+                    it.attrs.update(p.attrs)
+                    it.attrs.update(p.visit)
+                outcome = "updated" if items else "no_items"
+            for it in items:
+                it.seq = seq
+                it.updated_at = now
+                plan.upserts[it.item_id] = it
+            plan.events.append(f"{event.action}:{len(items)}")
+            plan.logs.append((logging.INFO, f"patient.{outcome}",
+                              fields(**what, items=len(items), patient_event=outcome)))  # fmt: skip
 
     def _order_ids(self, order: str) -> list[str]:
         """Item ids of an order, from the ones read with the order states when possible
@@ -373,6 +505,8 @@ class Planner:
             # the ones it no longer lists are discontinued (as for XO).
             action = "update"
             note(logging.INFO, "order.repeated_new_order", "repeated_new_order")
+        if action in ("create", "update"):
+            self._redirect(plan, group, what)
         existing = self._items_of(plan, canonical)
         touched: list[WorklistItem] = []
         dropped: list[WorklistItem] = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,7 +31,9 @@ from bridge.worker.mapping import transforms as tf
 from bridge.worker.mapping.schema import Mapping, Rule, Source
 
 #: Segments that belong to an order group; a path never reaches another group's copy.
-GROUP_SEGMENTS = frozenset({"ORC", "OBR", "NTE", "ZDS", "TQ1", "TQ2", "OBX", "DG1", "BLG", "CTI"})
+GROUP_SEGMENTS = frozenset(
+    {"ORC", "OBR", "NTE", "ZDS", "TQ1", "TQ2", "OBX", "DG1", "BLG", "CTI", "IPC"}
+)
 
 #: Namespace of generated Study Instance UIDs (2.25 = UUID-derived, PS3.5 B.2).
 _UID_NAMESPACE = uuid.UUID("5f0f5c1e-7a43-4b0e-9f3e-6d1c0a1b2c3d")
@@ -89,6 +91,34 @@ class MappedGroup:
 
 
 @dataclass
+class MappedPatient:
+    """One patient an ADT event names (one PID, with its MRG for a merge)."""
+
+    pid: str  # Patient ID by the mapping's PatientID rule (the issuer rule)
+    issuer: str  # Issuer of Patient ID
+    #: Patient-level and visit-level values the event carries (keyword → value; "" =
+    #: clear); keywords not in the message are absent and left alone.
+    attrs: dict[str, Any] = field(default_factory=dict)
+    visit: dict[str, Any] = field(default_factory=dict)
+    #: The identifier MRG-1 names (merge, change_id): the same issuer rule as PID-3.
+    merged_pid: str = ""
+    merged_issuer: str = ""
+
+
+@dataclass
+class PatientEvent:
+    """What an ADT message says about patients (HL7 v2.5 ch. 3)."""
+
+    event: str  # MSH-9.2 / EVN-1, e.g. A08
+    action: str  # schema.PATIENT_ACTIONS
+    patients: list[MappedPatient] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PatientEvent:
+        return cls(data["event"], data["action"], [MappedPatient(**p) for p in data["patients"]])
+
+
+@dataclass
 class MappingResult:
     sender: str  # MSH-3^MSH-4
     groups: list[MappedGroup]
@@ -101,6 +131,8 @@ class MappingResult:
     scope: str = ""
     #: The warnings the worker logs (see ``_Ctx.alerts``); all of them are in ``warnings``.
     alerts: list[str] = field(default_factory=list)
+    #: An ADT message: the patients it updates or merges (then ``groups`` is empty).
+    patient: PatientEvent | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value: ~5 % of a message's cost. The
@@ -113,7 +145,11 @@ class MappingResult:
             "version": self.version,
             "scope": self.scope,
             "alerts": self.alerts,
-        }
+            "patient": None if self.patient is None else {
+                "event": self.patient.event, "action": self.patient.action,
+                "patients": [dict(vars(p)) for p in self.patient.patients],
+            },
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MappingResult:
@@ -123,8 +159,10 @@ class MappingResult:
         ]
         # An outcome parsed by a release before order_scope was scoped by its sender.
         scope = data["scope"] if "scope" in data else data["sender"]
+        patient = data.get("patient")
         return cls(data["sender"], groups, data["warnings"], data["charset"], data["version"],
-                   scope, data.get("alerts", []))  # fmt: skip
+                   scope, data.get("alerts", []),
+                   None if patient is None else PatientEvent.from_dict(patient))  # fmt: skip
 
 
 @dataclass
@@ -172,6 +210,10 @@ class _Ctx:
         self.scope = scope
         #: ``.<set ID>`` of this OBR when the order group has several, else "".
         self.obr_suffix = obr_suffix
+        #: Resolve every path inside ``scope`` only (a PID/MRG pair of an ADT^A40).
+        self.scope_only = False
+        #: The HL7 field the last evaluated value came from (named in errors).
+        self.source_location = ""
         self.values: dict[str, Any] = {}
         self.warnings: list[str] = []
         #: Warnings the worker logs (last-resort fallbacks, missing values that make an
@@ -190,7 +232,8 @@ def _nodes(ctx: _Ctx, src: Source) -> list[Node] | list[str]:
         return [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)]
     assert src.path is not None
     ctx.used_segments.add(src.path.segment)
-    return ctx.msg.resolve(src.path, ctx.scope, scoped_only=src.path.segment in GROUP_SEGMENTS)
+    scoped = ctx.scope_only or src.path.segment in GROUP_SEGMENTS
+    return ctx.msg.resolve(src.path, ctx.scope, scoped_only=scoped)
 
 
 def _transform(ctx: _Ctx, rule: Rule, src: Source, node: Node | str) -> Any:
@@ -266,6 +309,7 @@ def _post(ctx: _Ctx, rule: Rule, src: Source, value: Any) -> Any:
 
 def _evaluate(ctx: _Ctx, rule: Rule) -> Any:
     """The rule's value, ``""`` for an HL7 null, or _ABSENT."""
+    ctx.source_location = ""
     value = _first_value(ctx, rule)
     if value is _ABSENT and rule.missing == "warn":
         ctx.alerts.append(f"{rule.keyword}: not in the message; left empty")
@@ -320,6 +364,7 @@ def _first_value(ctx: _Ctx, rule: Rule) -> Any:
         if rule.join is not None:
             collected.extend(v for v in values if v != "")
             continue
+        ctx.source_location = src.location
         return _finish(rule, values)
     if rule.join is not None and collected:
         return rule.join.join(str(v) for v in collected)
@@ -332,6 +377,23 @@ def _finish(rule: Rule, values: list[Any]) -> Any:
     if rule.multi:
         return [v for v in values if isinstance(v, str)]
     return values[0]
+
+
+def _where(ctx: _Ctx, rule: Rule) -> str:
+    """The HL7 field the value of ``rule`` just evaluated came from (for an error about
+    that value); the rule's first field for a constant, a reference or a default."""
+    loc = ctx.source_location
+    return loc if loc and loc != "const" and not loc.startswith("@") else rule.location
+
+
+def _missing_at(ctx: _Ctx, rule: Rule) -> str:
+    """The HL7 field to name for a missing value: the first source whose segment the
+    message has (OBR-19 for an ORM, IPC-2 for an OMI), else the rule's first field."""
+    present = {s.name for s in ctx.scope} | {s.name for s in ctx.msg.segments}
+    for src in rule.sources:
+        if src.path is not None and src.path.segment in present:
+            return src.path.location
+    return rule.location
 
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -354,7 +416,7 @@ def _fit(ctx: _Ctx, rule: Rule, value: Any) -> Any:
             value = value.replace("\\", "/")
     if rule.vr == "UI" and not tf.valid_uid(value):
         raise MessageRejected(
-            f"{rule.location} is not a valid DICOM UID", Hl7Error.DATA_TYPE, rule.location
+            f"{_where(ctx, rule)} is not a valid DICOM UID", Hl7Error.DATA_TYPE, _where(ctx, rule)
         )
     limit = rule.max_length
     if not limit:
@@ -364,9 +426,9 @@ def _fit(ctx: _Ctx, rule: Rule, value: Any) -> Any:
         return value
     if rule.too_long == "reject":
         raise MessageRejected(
-            f"{rule.location} is longer than {limit} characters ({rule.keyword}, VR {rule.vr})",
+            f"{_where(ctx, rule)} is longer than {limit} characters ({rule.keyword}, VR {rule.vr})",
             Hl7Error.DATA_TYPE,
-            rule.location,
+            _where(ctx, rule),
         )
     ctx.warnings.append(f"{rule.keyword}: truncated to {limit} characters (VR {rule.vr})")
     return "=".join(g[:limit] for g in groups)
@@ -419,11 +481,11 @@ def _map_item(ctx: _Ctx, scope: str, order_id: str, require: bool) -> MappedItem
                 ctx.values[rule.keyword] = defaults[key]
                 ctx.warnings.append(f"{rule.keyword}: not in the message; default used")
             elif rule.required and not missing:
-                missing = rule.location
+                missing = _missing_at(ctx, rule)
             continue
         value = _fit(ctx, rule, value)
         if rule.required and value in ("", []) and not missing:
-            missing = rule.location
+            missing = _missing_at(ctx, rule)
         target[rule.keyword] = value
         ctx.values[rule.keyword] = value
     for rule, key in generated:
@@ -533,13 +595,28 @@ def transaction_time(msg: Message, orc: Segment, zone: ZoneInfo | None) -> float
     return None
 
 
+def _steps(block: list[Segment]) -> list[list[Segment]]:
+    """The segments each Scheduled Procedure Step of an OBR is mapped from: one per IPC
+    segment (OMI^O23, IHE RAD-4 v2.5.1 option: IPC-4 is the SPS), each seeing only its
+    own IPC; the whole block when there is none (ORM^O01, OMG^O19)."""
+    ipcs = [s for s in block if s.name == "IPC"]
+    if not ipcs:
+        return [block]
+    rest = [s for s in block if s.name != "IPC"]
+    return [[ipc, *rest] for ipc in ipcs]
+
+
 def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> MappingResult:
-    """Map every order group of ``msg``; raises MessageRejected (101/102/103) on the
-    first permanent problem, naming the HL7 field, never its value. ``local_zone`` is
-    ``worker.local_timezone``: an IANA name, or ``""`` for the host's zone."""
+    """Map every order group of ``msg`` (ORM^O01, OMI^O23, OMG^O19), or the patients of
+    an ADT message; raises MessageRejected (101/102/103) on the first permanent problem,
+    naming the HL7 field, never its value. ``local_zone`` is ``worker.local_timezone``:
+    an IANA name, or ``""`` for the host's zone."""
     zone = localzone.resolve(local_zone).zone
     sender = f"{msg.get('MSH-3')}^{msg.get('MSH-4')}"
     scope = sender if mapping.order_scope == "sender" else ""
+    if msg.get("MSH-9.1").strip().upper() == "ADT":
+        event = map_patient(msg, mapping, zone)
+        return MappingResult(sender, [], [], msg.charset, msg.version, scope, [], event)
     warnings: list[str] = []
     alerts: list[str] = []
     groups: list[MappedGroup] = []
@@ -585,8 +662,11 @@ def map_message(msg: Message, mapping: Mapping, local_zone: str = "UTC") -> Mapp
             for n, block in enumerate(part.blocks, start=1):
                 set_id = msg.leaf(block[0].field(1).split(msg.comp)[0]).strip() if several else ""
                 suffix = f".{set_id or n}" if several else ""
-                ctx = _Ctx(msg, mapping, zone, [*block, *part.head], suffix)
-                group.items.append(_map_item(ctx, scope, order_id, require=action == "create"))
+                for step in _steps(block):
+                    ctx = _Ctx(msg, mapping, zone, [*step, *part.head], suffix)
+                    group.items.append(
+                        _map_item(ctx, scope, order_id, require=action == "create")
+                    )
                 warnings.extend(w for w in ctx.warnings if w not in warnings)
                 alerts.extend(a for a in ctx.alerts if a not in alerts)
                 warnings.extend(a for a in ctx.alerts if a not in warnings)
@@ -619,3 +699,87 @@ def order_aliases(scope: str, group: MappedGroup) -> list[str]:
 def order_key(scope: str, group: MappedGroup) -> str:
     """The name a new order gets (its first alias)."""
     return order_aliases(scope, group)[0]
+
+
+# -- ADT: patient updates and merges ----------------------------------------------------
+
+
+def _identity_rules(mapping: Mapping) -> tuple[Rule, Rule | None]:
+    rules = {r.keyword: r for r in mapping.rules}
+    if "PatientID" not in rules:
+        raise MessageRejected(
+            "the mapping has no PatientID rule to identify the patient",
+            Hl7Error.INTERNAL_ERROR,
+            "PID-3",
+        )
+    return rules["PatientID"], rules.get("IssuerOfPatientID")
+
+
+def _as_merged(rule: Rule) -> Rule:
+    """The same identifier rule read from MRG-1 (prior patient identifier list) instead
+    of PID-3: a merged identifier is matched with the same issuer rule (HL7 v2.5 3.4.9)."""
+    sources = []
+    for src in rule.sources:
+        if src.path is not None and src.path.segment == "PID" and src.path.field == 3:
+            path = replace(src.path, segment="MRG", field=1,
+                           text=src.path.text.replace("PID", "MRG", 1).replace("-3", "-1", 1))
+            sources.append(replace(src, path=path))  # fmt: skip
+    return replace(rule, sources=tuple(sources), required=False)
+
+
+def _patient_values(ctx: _Ctx, keywords: tuple[str, ...]) -> dict[str, Any]:
+    rules = {r.keyword: r for r in ctx.mapping.rules}
+    out: dict[str, Any] = {}
+    for keyword in keywords:
+        value = _evaluate(ctx, rules[keyword])
+        if value is not _ABSENT:
+            out[keyword] = _fit(ctx, rules[keyword], value)
+            ctx.values[keyword] = out[keyword]
+    return out
+
+
+def map_patient(msg: Message, mapping: Mapping, zone: ZoneInfo | None) -> PatientEvent:
+    """The patients an ADT message names and what it changes (HL7 v2.5 ch. 3; IHE
+    RAD-12, ITI-30). The event is MSH-9.2 (else EVN-1); the patient is PID-3 read with
+    the mapping's PatientID rule; a merge (A40, A34, A36) or identifier change (A47)
+    names the other identifier in the MRG of each PID/MRG pair."""
+    event = (msg.get("MSH-9.2") or msg.get("EVN-1")).strip().upper()
+    action = mapping.patient.events.get(event, "ignore")
+    pid_rule, issuer_rule = _identity_rules(mapping)
+    pids = msg.segments_named("PID")
+    if not pids:
+        raise MessageRejected("the message has no PID segment", Hl7Error.SEGMENT_SEQUENCE, "PID")
+    out = PatientEvent(event, action)
+    for n, pid_seg in enumerate(pids):
+        # A PID with the segments after it up to the next PID: its MRG, PD1, PV1.
+        start = msg.segments.index(pid_seg)
+        end = msg.segments.index(pids[n + 1]) if n + 1 < len(pids) else len(msg.segments)
+        ctx = _Ctx(msg, mapping, zone, msg.segments[start:end])
+        ctx.scope_only = True
+        pid = _evaluate(ctx, pid_rule)
+        if pid is _ABSENT or not pid:
+            raise MessageRejected(
+                f"required field {pid_rule.location} is missing or empty",
+                Hl7Error.REQUIRED_FIELD_MISSING,
+                pid_rule.location,
+            )
+        issuer = _evaluate(ctx, issuer_rule) if issuer_rule is not None else ""
+        patient = MappedPatient(str(pid), "" if issuer is _ABSENT else str(issuer))
+        if action in ("update", "patient", "merge", "change_id"):
+            patient.attrs = _patient_values(ctx, mapping.patient.attributes)
+        if action in ("update", "visit"):
+            patient.visit = _patient_values(ctx, mapping.patient.visit)
+        if action in ("merge", "change_id"):
+            merged = _evaluate(ctx, _as_merged(pid_rule))
+            if merged is _ABSENT or not merged:
+                raise MessageRejected(
+                    "required field MRG-1 (the merged or prior identifier) is missing",
+                    Hl7Error.REQUIRED_FIELD_MISSING,
+                    "MRG-1",
+                )
+            patient.merged_pid = str(merged)
+            if issuer_rule is not None:
+                m_issuer = _evaluate(ctx, _as_merged(issuer_rule))
+                patient.merged_issuer = "" if m_issuer is _ABSENT else str(m_issuer)
+        out.patients.append(patient)
+    return out

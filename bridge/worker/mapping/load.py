@@ -29,9 +29,11 @@ from bridge.worker.mapping.schema import (
     ACTIONS,
     ON_MISSING,
     ORDER_SCOPES,
+    PATIENT_ACTIONS,
     TOO_LONG,
     TRANSFORMS,
     Mapping,
+    PatientRules,
     Rule,
     Source,
 )
@@ -51,7 +53,12 @@ VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "L
           "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "US": 5}  # fmt: skip
 
 _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attributes", "one_of",
-             "default_charset", "worklist", "order_scope"}  # fmt: skip
+             "default_charset", "worklist", "order_scope", "patient"}  # fmt: skip
+_PATIENT_KEYS = {"attributes", "visit", "events"}
+#: Segments whose rules are patient-level / visit-level when ``patient`` does not list them.
+_PATIENT_SEGMENTS = frozenset({"PID", "PD1"})
+_VISIT_SEGMENTS = frozenset({"PV1", "PV2"})
+_IDENTITY = frozenset({"PatientID", "IssuerOfPatientID"})
 
 #: The ``worklist`` rule's target: a called AE title (VR AE, at most 16 characters).
 WORKLIST_LABEL = "worklist"
@@ -121,7 +128,7 @@ def _merge(base: Located, child: Located, deep: set[str]) -> Located:
     out = Located(dict(base.data), dict(base.lines), dict(base.files), base.line, base.file)
     for key, value in child.data.items():
         if key in deep and isinstance(value, Located) and isinstance(out.data.get(key), Located):
-            inner_deep = {SPS} if key == "attributes" else set()
+            inner_deep = {SPS} if key == "attributes" else {"events"} if key == "patient" else set()
             if key == "tables":
                 inner_deep = set(value.data)
             out.data[key] = _merge(out.data[key], value, inner_deep)
@@ -154,7 +161,7 @@ def _resolve_chain(path: Path, seen: tuple[Path, ...] = ()) -> tuple[Located, li
             str(path), f"base file {base_path} does not exist", doc.lines["extends"], "extends"
         )
     base, chain = _resolve_chain(base_path, (*seen, path))
-    merged = _merge(base, doc, {"vars", "tables", "lifecycle", "attributes"})
+    merged = _merge(base, doc, {"vars", "tables", "lifecycle", "attributes", "patient"})
     return merged, [*chain, str(path)]
 
 
@@ -231,10 +238,55 @@ def _build(doc: Located, chain: list[str]) -> Mapping:
                 raise _err(doc, "one_of", f"{name} has no rule in attributes")
         mapping.one_of.append(names)
 
+    mapping.patient = _patient(doc, mapping)
+
     if doc.data.get("worklist") is not None:
         # After the attributes, so its sources may be any @Keyword (e.g. the station AE).
         mapping.worklist = _rule(doc, WORKLIST_LABEL, doc.data["worklist"], mapping, vr="AE")
     return mapping
+
+
+def _patient(doc: Located, mapping: Mapping) -> PatientRules:
+    """The ``patient`` section, its keywords checked against the attribute rules."""
+    spec = doc.data.get("patient")
+    if spec is None:
+        spec = Located()
+    if not isinstance(spec, Located):
+        raise _err(doc, "patient", "must be a mapping with attributes, visit, events")
+    for k in spec.data:
+        if k not in _PATIENT_KEYS:
+            raise _err(spec, k, f"unknown key; allowed: {', '.join(sorted(_PATIENT_KEYS))}")
+    by_keyword = {r.keyword: r for r in mapping.rules}
+
+    def segments(keyword: str) -> set[str]:
+        return {s.path.segment for s in by_keyword[keyword].sources if s.path is not None}
+
+    def keywords(key: str, default: list[str]) -> tuple[str, ...]:
+        raw = spec.data.get(key)
+        if raw is None:
+            return tuple(default)
+        if not isinstance(raw, list):
+            raise _err(spec, key, "must be a list of DICOM keywords mapped under attributes")
+        out = tuple(str(k) for k in raw)
+        for k in out:
+            if k not in by_keyword:
+                raise _err(spec, key, f"{k} has no rule under attributes")
+        return out
+
+    visit = [k for k in by_keyword if segments(k) & _VISIT_SEGMENTS]
+    patient = [k for k in by_keyword if segments(k) & _PATIENT_SEGMENTS
+               and k not in visit and k not in _IDENTITY]  # fmt: skip
+    events_doc = spec.data.get("events") or Located()
+    if not isinstance(events_doc, Located):
+        raise _err(spec, "events", "must be a mapping of ADT event (A08) → action")
+    events: dict[str, str] = {}
+    for event, action in events_doc.data.items():
+        if not re.fullmatch(r"A\d\d", str(event)):
+            raise _err(events_doc, event, "keys are ADT trigger events like A08")
+        if str(action) not in PATIENT_ACTIONS:
+            raise _err(events_doc, event, f"allowed: {', '.join(PATIENT_ACTIONS)}")
+        events[str(event)] = str(action)
+    return PatientRules(keywords("attributes", patient), keywords("visit", visit), events)
 
 
 def _combo_key(life: Located, combo: str) -> str:

@@ -35,6 +35,14 @@ TOO_LONG = ("truncate", "reject")
 #: How order numbers are scoped (``order_scope``).
 ORDER_SCOPES = ("global", "sender")
 
+#: What an ADT event does to the worklist (the ``patient: events`` table; HL7 v2.5 ch. 3,
+#: IHE RAD-12 Patient Update / ITI-30): ``update`` the patient and visit attributes of
+#: every open item of the patient, ``patient`` the patient attributes only (A31: its PV1
+#: is a placeholder), ``visit`` the visit attributes only, ``merge`` the patient in MRG-1
+#: into the one in PID-3 (A40, A34, A36), ``change_id`` the identifier in MRG-1 to the one
+#: in PID-3 (A47), ``ignore`` (counted, no change; A35 merges accounts only).
+PATIENT_ACTIONS = ("update", "patient", "visit", "merge", "change_id", "ignore")
+
 #: Lifecycle actions (see ``bridge.worker.lifecycle``).
 ACTIONS = ("create", "update", "status", "final", "hide", "show", "ignore")
 
@@ -106,6 +114,21 @@ class Rule:
 
 
 @dataclass
+class PatientRules:
+    """The ``patient`` section: which attribute rules (of ``attributes``) an ADT applies,
+    and what each event does. Rules are not repeated here: a site edits a rule once."""
+
+    #: Patient-level keywords (default: every top-level rule reading PID/PD1 but not PV1,
+    #: except the identity PatientID / IssuerOfPatientID).
+    attributes: tuple[str, ...] = ()
+    #: Visit keywords (default: every top-level rule reading PV1/PV2).
+    visit: tuple[str, ...] = ()
+    #: ADT trigger event (e.g. ``A08``) → one of :data:`PATIENT_ACTIONS`; an event not
+    #: listed is ignored (counted).
+    events: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Mapping:
     path: str
     vars: dict[str, str] = field(default_factory=dict)
@@ -124,5 +147,7 @@ class Mapping:
     #: whichever interface a message came through; ``sender``: order numbers are only
     #: unique per MSH-3/MSH-4 (several RIS share placer numbers).
     order_scope: str = "global"
+    #: ADT handling (``patient`` section).
+    patient: PatientRules = field(default_factory=PatientRules)
     #: Which files this mapping was built from, base first.
     chain: list[str] = field(default_factory=list)
