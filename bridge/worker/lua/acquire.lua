@@ -16,7 +16,8 @@
 -- line is empty or its head is not parsed: the head's own job applies it (and then
 -- ours) when it stores its outcome (this script is atomic, so that later call sees
 -- ours), or the stuck-head recovery does. A head whose message hash is gone will never
--- be parsed: the lock is taken with an empty run so that the caller pops it.
+-- be parsed: the lock is taken with an empty run so that the caller dead-letters and
+-- pops it (drop_missing_head.lua).
 -- Returns {acquired 0/1, head or false, run (id, outcome, ...), seq of the run's first}.
 for _, pair in ipairs(cjson.decode(ARGV[7])) do
   local msg = ARGV[4] .. pair[1]
