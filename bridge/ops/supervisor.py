@@ -282,10 +282,6 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                 f"embedded {url} (redis-server {redis_server.version()}, AOF always, "
                 f"data {redis_server.dir}, log {redis_server.log_file})"
             )
-        # The children check again (each role does), but a refusal here is one line and
-        # exit 2 before anything starts; the embedded server is ours (AOF always,
-        # noeviction) and checked all the same, it is cheap.
-        redis_checks.check_at_start(settings.redis, url, stop=stop)
         if stop.is_set():
             return 0
 
@@ -316,6 +312,15 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
         )
         if metrics_dir is not None:
             server = _serve_metrics(settings, url, metrics_dir, supervisor, redis_server)
+
+        # After the metrics port (a setting error found without Redis, and /readyz says
+        # "redis": false while we wait), before any child: the children check again
+        # (each role does), but a refusal here is one line and exit 2 before anything
+        # starts. The embedded server is ours (AOF always, noeviction) and checked all
+        # the same, it is cheap.
+        redis_checks.check_at_start(settings.redis, url, stop=stop)
+        if stop.is_set():
+            return 0
 
         config_desc = (
             getattr(args, "config", None)
