@@ -197,21 +197,26 @@ def test_rejected_message_does_not_block_the_next(
         redis_client,
         wsettings,
         (SAMPLES / "orm_bad_missing_pid3.hl7").read_bytes(),
-        orm(placer="OK1"),
+        # Not the samples' CTRL1: the same MSH-3+4+10 would be a duplicate, not queued.
+        orm(placer="OK1", control_id="OK1"),
     )
     assert len(items(redis_client, wsettings)) == 1
     assert deadletter.count(redis_client, Keys()) == 1
 
 
 def test_application_ack_results(redis_client: redis.Redis, wsettings: Settings) -> None:
-    good, bad = run(redis_client, wsettings, orm(), (SAMPLES / "orm_bad_date.hl7").read_bytes(),
+    bad_date = (SAMPLES / "orm_bad_date.hl7").read_bytes()
+    good, bad = run(redis_client, wsettings, orm(control_id="GOOD1"), bad_date,
                     ack_mode="application")  # fmt: skip
+    assert good != bad  # two messages (the samples' control id is CTRL1)
     k = Keys()
+    # Both verdicts expire (a listener that timed out never pops them).
+    assert 0 < redis_client.ttl(k.result(good)) <= 120
+    assert 0 < redis_client.ttl(k.result(bad)) <= 120
     ok = json.loads(redis_client.lpop(k.result(good)))
     assert ok == {"ok": True, "code": 0, "text": "", "location": ""}
     err = json.loads(redis_client.lpop(k.result(bad)))
     assert (err["ok"], err["code"], err["location"]) == (False, 102, "OBR-27.4")
-    assert 0 < redis_client.ttl(k.result(good)) <= 120 or redis_client.exists(k.result(good)) == 0
     # commit mode pushes nothing
     (mid,) = run(redis_client, wsettings, orm(placer="P2"))
     assert redis_client.exists(k.result(mid)) == 0

@@ -88,6 +88,15 @@ ORDER_ANOMALIES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+MESSAGES_LOST = Counter(
+    "mwl_messages_lost",
+    "ACKed messages that reached the head of the ingest line without their message hash "
+    "(expired, evicted or deleted: raw bytes gone, never applied), dead-lettered with "
+    "their id so the sender can be asked to resend; by reason (hash_missing). Any "
+    "increase means an order the sender was told is safe is not in the worklist.",
+    ["reason"],
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",

