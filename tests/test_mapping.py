@@ -317,3 +317,17 @@ def test_worklist_rule_errors_name_the_key(tmp_path: Path, text: str, key: str) 
     with pytest.raises(MappingFileError) as exc:
         load_mapping(write(tmp_path, "bad.yaml", text))
     assert exc.value.mapping_key == key
+
+
+def test_mapping_file_default_charset_must_move_to_the_setting(tmp_path: Path) -> None:
+    """The listener decides the charset at ACK time and cannot see mapping files; today a
+    mapping's default_charset made the worker decode in another charset than the one the
+    listener had checked."""
+    site = tmp_path / "site.yaml"
+    site.write_text("extends: default\ndefault_charset: UNICODE UTF-8\n")
+    with pytest.raises(MappingFileError) as info:
+        load_mapping(site)
+    err = info.value
+    assert err.path in (str(site), str(site.resolve()))
+    assert (err.line, err.mapping_key) == (2, "default_charset")
+    assert "move it to the setting mllp.sender_charsets" in str(err)

@@ -99,8 +99,6 @@ class Mapping:
     sps_rules: list[Rule] = field(default_factory=list)
     #: Type 1C groups: at least one attribute of each group must be filled (HL7 101).
     one_of: list[tuple[str, ...]] = field(default_factory=list)
-    #: Charset assumed when MSH-18 is empty (overrides ``worker.default_charset``).
-    default_charset: str = ""
     #: Rule for the item's logical worklist label (``scp.per_called_ae_worklists``: the
     #: called AE title that serves the item), run after every attribute rule; None = none.
     worklist: Rule | None = None

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from bridge.core.codes import Hl7Error
 from bridge.core.errors import MessageRejected
-from bridge.hl7.charsets import DICOM_CHARSETS
+from bridge.hl7.charsets import dicom_term
 from bridge.hl7.message import Node
 
 _TS = re.compile(
@@ -109,8 +109,9 @@ def code_item(
 
 
 def charset(node: Node) -> str:
-    """HL7 table 0211 name → DICOM Specific Character Set defined term."""
-    return DICOM_CHARSETS.get(node.text.strip().upper(), "")
+    """HL7 table 0211 name (or alias) → DICOM Specific Character Set defined term, from
+    the one table of :mod:`bridge.hl7.charsets`; unknown → ""."""
+    return dicom_term(node.text)
 
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
