@@ -20,6 +20,7 @@ TRANSFORMS = (
     "ts_date",  # HL7 TS → DICOM DA (YYYYMMDD), zone converted
     "ts_time",  # HL7 TS → DICOM TM (HHMMSS), zone converted
     "xpn_pn",  # XPN family^given^middle^suffix^prefix^degree → PN
+    "xpn_pn_groups",  # every XPN repetition → one PN, groups by XPN-8 (A=I=P)
     "xcn_pn",  # XCN id^family^given^middle^suffix^prefix^degree → PN
     "code_item",  # code triplet → one Code Sequence item
     "charset",  # HL7 table 0211 name → DICOM Specific Character Set
