@@ -288,11 +288,11 @@ class Decision:
     scheme: str = ""
     source: str = "MSH-18"
 
-    @property
+    @functools.cached_property
     def charsets(self) -> tuple[Charset, ...]:
         return tuple(CHARSETS[n] for n in self.names)
 
-    @property
+    @functools.cached_property
     def code_extension(self) -> bool:
         """ISO 2022 decoding: alternate sets, a switching scheme, or a set that needs it."""
         return len(self.names) > 1 or bool(self.scheme) or self.charsets[0].code_extension
@@ -398,6 +398,15 @@ def decide(
     """The decision for a message whose MSH-18 is ``msh18`` (all repetitions, as text)
     and MSH-20 ``msh20``; ``default`` (same syntax, ``~`` between sets) applies when
     MSH-18 is empty. Raises :class:`CharsetError` (HL7 103) naming the field."""
+    # A sender sends the same few headers over and over: decided once (errors are not
+    # cached, and the cache is bounded against a sender inventing names).
+    return _decide(msh18, msh20, default, repetition_sep, default_source)
+
+
+@functools.lru_cache(maxsize=256)
+def _decide(
+    msh18: str, msh20: str, default: str, repetition_sep: str, default_source: str
+) -> Decision:
     source, location = "MSH-18", "MSH-18"
     text = msh18.strip()
     if not text.replace(repetition_sep, "").strip():

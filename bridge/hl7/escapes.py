@@ -14,6 +14,7 @@ wrong-patient images come from. Formatting (``\\H\\ \\N\\``, ``\\.sp\\``...) and
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -108,13 +109,19 @@ def first_bad_escape(text: str, field_sep: str, enc: str, decode: str | Decoder)
         return ""
     text = text.lstrip("\r\n \t\x00")
     body = text[3 + len(field_sep) + len(enc) :] if text.startswith("MSH") else text
-    if esc not in body:
-        return ""  # the common case: no escapes at all
-    delimiters = "".join(re.escape(d) for d in {field_sep, enc[0], enc[1], *enc[3:4]})
-    for leaf in re.split(f"[{delimiters}\r\n]", body):
-        if esc in leaf:
-            try:
-                unescape(leaf, enc, decode)
-            except EscapeError as exc:
-                return str(exc)
+    if not any(esc + kind in body for kind in "XCM"):
+        return ""  # only \X..\ and charset switches can fail; most messages have neither
+    for m in _leaves_with_escapes(field_sep, enc).finditer(body):
+        try:
+            unescape(m.group(0), enc, decode)
+        except EscapeError as exc:
+            return str(exc)
     return ""
+
+
+@functools.lru_cache(maxsize=16)
+def _leaves_with_escapes(field_sep: str, enc: str) -> re.Pattern[str]:
+    """Leaf values (between any two delimiters or segment ends) holding the escape char."""
+    delimiters = "".join(re.escape(d) for d in {field_sep, enc[0], enc[1], *enc[3:4]})
+    other = f"[^{delimiters}\r\n]*"
+    return re.compile(f"{other}{re.escape(enc[2])}{other}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from bridge.hl7.charsets import (
     DEFAULT_CHARSET,
@@ -195,15 +194,21 @@ def _segment_end(raw: bytes, start: int) -> int:
     return min(ends) if ends else len(raw)
 
 
-@dataclass(frozen=True)
 class RawMsh:
-    """The MSH segment split as bytes: where it starts, its delimiters, its fields."""
+    """The MSH segment split as bytes: where it starts, its delimiters, its fields.
+    (A plain slotted class: built once per message on the event loop.)"""
 
-    start: int  # offset of "MSH" in the frame
-    segment: bytes
-    field_sep: str
-    encoding_chars: str
-    fields: dict[int, bytes]  # MSH-n → raw bytes, for n in MSH_FIELDS
+    __slots__ = ("encoding_chars", "field_sep", "fields", "segment", "start")
+
+    def __init__(
+        self, start: int, segment: bytes, field_sep: str, encoding_chars: str,
+        fields: dict[int, bytes],
+    ) -> None:  # fmt: skip
+        self.start = start  # offset of "MSH" in the frame
+        self.segment = segment
+        self.field_sep = field_sep
+        self.encoding_chars = encoding_chars
+        self.fields = fields  # MSH-n → raw bytes, for n in MSH_FIELDS
 
     def text(self, number: int) -> str:
         """A field read as Latin-1 (bijective: for the charset fields and NAKs only)."""
