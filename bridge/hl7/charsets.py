@@ -407,10 +407,11 @@ def decide(
 def _decide(
     msh18: str, msh20: str, default: str, repetition_sep: str, default_source: str
 ) -> Decision:
-    source, location = "MSH-18", "MSH-18"
+    # ``location`` is the ERR field to blame; ``where`` names what held the bad name.
+    source, location, where = "MSH-18", "MSH-18", "MSH-18"
     text = msh18.strip()
     if not text.replace(repetition_sep, "").strip():
-        text, source, location, repetition_sep = default.strip(), default_source, "MSH-18", "~"
+        text, source, where, repetition_sep = default.strip(), default_source, default_source, "~"
     reps = [r.strip() for r in text.split(repetition_sep)]
     while len(reps) > 1 and not reps[-1]:
         reps.pop()  # "8859/1~" names one set
@@ -420,10 +421,10 @@ def _decide(
             if i == 0:
                 names.append("ASCII")  # HL7 2.16.9.18: an empty default is ASCII
                 continue
-            raise CharsetError(f"empty repetition {i + 1} in {location}", location)
+            raise CharsetError(f"empty repetition {i + 1} in {where}", location)
         entry = lookup(rep)
         if entry is None:
-            raise CharsetError(f"unknown character set in {location}: {rep!r}", location)
+            raise CharsetError(f"unknown character set in {where}: {rep!r}", location)
         if entry.refused:
             raise CharsetError(entry.refused, location)
         names.append(entry.name)
@@ -434,11 +435,10 @@ def _decide(
     if decision.code_extension:
         for entry in decision.charsets:
             if not entry.sets:
-                where = "MSH-20" if len(names) == 1 else location
                 raise CharsetError(
                     f"{entry.name} cannot be combined with character set switching "
                     "(it has no ISO 2022 designation)",
-                    where,
+                    "MSH-20" if len(names) == 1 else location,
                 )
     return decision
 
