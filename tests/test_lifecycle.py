@@ -222,19 +222,25 @@ def test_application_ack_results(redis_client: redis.Redis, wsettings: Settings)
     assert redis_client.exists(k.result(mid)) == 0
 
 
-def test_per_sender_mapping_and_default_charset(
+def test_per_sender_mapping_and_sender_charset(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    """A sender whose MSH-18 is empty but who sends UTF-8: its own file says so."""
+    """A sender whose MSH-18 is empty but who sends UTF-8: mllp.sender_charsets says so
+    (the mapping file's default_charset moved there), and its own mapping file applies."""
     site = tmp_path / "utf8-sender.yaml"
-    site.write_text("extends: default\ndefault_charset: UNICODE UTF-8\n", encoding="utf-8")
+    site.write_text(
+        "extends: default\nattributes:\n  AdmissionID: {const: SITE}\n", encoding="utf-8"
+    )
     s = load_settings(
         {"redis.url": redis_url, "worker.worker_class": "simple",
-         "worker.sender_mappings": {"RIS|HOSP": str(site)}},
+         "worker.sender_mappings": {"RIS|HOSP": str(site)},
+         "mllp.sender_charsets": {"RIS|HOSP": "UNICODE UTF-8"}},
         env={},
     )  # fmt: skip
     run(redis_client, s, orm(patient_name="ŁUKASZ^ZOË").encode("utf-8"))
-    assert items(redis_client, s)[0].attrs["PatientName"] == "ŁUKASZ^ZOË"
+    [item] = items(redis_client, s)
+    assert item.attrs["PatientName"] == "ŁUKASZ^ZOË"
+    assert item.attrs["AdmissionID"] == "SITE"
 
 
 def _ws(redis_url: str, **kw: object) -> Settings:

@@ -111,3 +111,49 @@ def test_final_order_record_must_cover_the_dedupe_window() -> None:
     assert s.worker.final_order_retention_s == 7200
     with pytest.raises(ConfigError):  # the default dedupe window is a week
         load_settings({"worker.final_order_retention_s": 7200}, env={})
+
+
+def test_worker_default_charset_is_deprecated_unless_equal() -> None:
+    """One default for both stages (issue #11): today mllp.default_charset 8859/1 with
+    worker.default_charset UNICODE UTF-8 started fine, the listener checked Latin-1 and
+    the worker decoded UTF-8."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"worker.default_charset": "UNICODE UTF-8"}, env={})
+    assert info.value.key == "worker.default_charset"
+    assert "mllp.default_charset" in str(info.value) and "deprecated" in str(info.value)
+    for same in ("", "8859/1", " 8859/1 "):
+        assert load_settings({"worker.default_charset": same}, env={}).mllp.default_charset
+    s = load_settings(
+        {"worker.default_charset": "unicode utf-8", "mllp.default_charset": "UNICODE UTF-8"},
+        env={},
+    )
+    assert s.mllp.default_charset == "UNICODE UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "words"),
+    [
+        ({"MWL_BRIDGE_MLLP_DEFAULT_CHARSET": "KLINGON"}, "mllp.default_charset", "unknown"),
+        ({"MWL_BRIDGE_MLLP_DEFAULT_CHARSET": "UTF-16"}, "mllp.default_charset", "MLLP"),
+        ({"MWL_BRIDGE_MLLP_SENDER_CHARSETS": "RIS|HOSP=UTF-32"}, "mllp.sender_charsets", "MLLP"),
+        ({"MWL_BRIDGE_MLLP_SENDER_CHARSETS": "=8859/1"}, "mllp.sender_charsets", "MSH3"),
+        ({"MWL_BRIDGE_WORKER_DEFAULT_CHARSET": "8859/2"}, "worker.default_charset", "mllp"),
+    ],
+)
+def test_cli_exits_2_on_a_charset_setting_neither_stage_decodes(
+    env: dict[str, str], key: str, words: str, capsys, monkeypatch
+) -> None:
+    """Today an unknown mllp.default_charset started, and every message without MSH-18
+    was refused (or, worker side, dead-lettered)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["worklist", "list", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mwl-bridge: invalid setting {key}: ") and words in line
+
+
+def test_sender_charsets_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[mllp.sender_charsets]\n"RIS|TOKYO" = "~ISO IR87"\nKOREA = "KS X 1001"\n')
+    s = load_settings(env={}, config_file=cfg)
+    assert s.mllp.sender_charsets == {"RIS|TOKYO": "~ISO IR87", "KOREA": "KS X 1001"}

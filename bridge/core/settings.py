@@ -90,8 +90,14 @@ class MllpSettings:
     ack_texts: dict[str, str] = field(default_factory=dict)
     #: Answer enhanced-mode (MSH-15/16 valued) senders with CA/CE/CR per MSH-15.
     enhanced_mode: bool = True
-    #: Default charset (HL7 table 0211 name) when MSH-18 is empty, for the ACK encoding.
+    #: Character set (HL7 table 0211 name, or an alias such as UTF-8 or LATIN1) of a
+    #: message whose MSH-18 is empty, for both stages: the listener checks and records it
+    #: at ACK time and the worker decodes with it. ``~`` separates ISO 2022 sets
+    #: (``~ISO IR87``: ASCII with JIS X 0208 by escape sequences).
     default_charset: str = "8859/1"
+    #: Per-sender ``default_charset``: ``MSH3[|MSH4]=0211 name`` entries, matched like
+    #: ``worker.sender_mappings`` (most specific first) against MSH-3/MSH-4 read as ASCII.
+    sender_charsets: dict[str, str] = field(default_factory=dict)
     #: PEM certificate + key enable TLS; a client CA file additionally requires client certs.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -109,8 +115,9 @@ class WorkerSettings:
     mapping: str = ""
     #: Per-sender mapping files: ``MSH3[|MSH4]=path`` entries.
     sender_mappings: dict[str, str] = field(default_factory=dict)
-    #: Charset (HL7 table 0211 name) assumed when MSH-18 is empty.
-    default_charset: str = "8859/1"
+    #: Deprecated: ``mllp.default_charset`` is the default of both stages (the worker
+    #: decodes with the listener's decision). Accepted only when empty or equal to it.
+    default_charset: str = ""
     #: IANA zone that DICOM DA/TM values are expressed in (HL7 TS offsets are converted);
     #: empty = the host's zone (TZ, else /etc/localtime), UTC with a WARNING if unknown.
     local_timezone: str = ""
@@ -405,6 +412,18 @@ def load_settings(
         values = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(section + ".")}
         sections[section] = _section_class(section)(**values)
     settings = Settings(**sections)
+    worker_charset = settings.worker.default_charset
+    if worker_charset.strip() and _charset_key(worker_charset) != _charset_key(
+        settings.mllp.default_charset
+    ):
+        # Two defaults let the listener ACK what the worker then dead-letters (issue #11).
+        raise ConfigError(
+            "worker.default_charset",
+            f"{worker_charset!r} differs from mllp.default_charset "
+            f"({settings.mllp.default_charset!r}); worker.default_charset is deprecated: "
+            "mllp.default_charset is the default of both stages, so set that one (or "
+            "mllp.sender_charsets per sender) and remove worker.default_charset",
+        )
     if settings.worker.final_order_retention_s < settings.mllp.dedupe_retention_s:
         # A resend accepted after the dedupe window must still meet the final record.
         raise ConfigError(
@@ -412,6 +431,18 @@ def load_settings(
             f"must be at least mllp.dedupe_retention_s ({settings.mllp.dedupe_retention_s})",
         )
     return settings
+
+
+def _charset_key(name: str) -> str:
+    return " ".join(name.split()).upper()
+
+
+def sender_keys(sending_app: str, sending_facility: str) -> tuple[str, ...]:
+    """Keys of a per-sender setting (``worker.sender_mappings``, ``mllp.sender_charsets``)
+    for MSH-3/MSH-4 as sent (HD: ``namespace^universal id^type``), most specific first:
+    ``MSH3|MSH4``, the same with first components only, ``MSH3``, its first component."""
+    app1, fac1 = sending_app.split("^")[0], sending_facility.split("^")[0]
+    return (f"{sending_app}|{sending_facility}", f"{app1}|{fac1}", sending_app, app1)
 
 
 def mask_url(url: str) -> str:

@@ -39,6 +39,7 @@ from bridge.core.errors import ConfigError, StoreUnavailable
 from bridge.core.logs import fields
 from bridge.core.settings import Settings
 from bridge.hl7.ack import AckPolicy, Outcome, build_ack
+from bridge.hl7.charsets import check_settings as check_charsets
 from bridge.hl7.msh import Msh, MshError, read_msh
 from bridge.intake import deadletter
 from bridge.intake.submit import AppResult, IntakeRecord, SubmitKind, submit
@@ -456,21 +457,25 @@ class Listener:
         content = frame.content
         received_at = time.time()
         try:
-            h = read_msh(content, m.default_charset)
+            h = read_msh(content, m.default_charset, m.sender_charsets)
         except MshError as exc:
-            outcome, error, location = {
-                MshError.UNKNOWN_CHARSET: (Outcome.ERROR, Hl7Error.TABLE_VALUE_NOT_FOUND, "MSH-18"),
-                MshError.UNDECODABLE: (Outcome.ERROR, Hl7Error.DATA_TYPE, ""),
-            }.get(exc.kind, (Outcome.REJECTED, Hl7Error.SEGMENT_SEQUENCE, ""))
+            # A charset refusal is decided here, at ACK time, never by a worker later:
+            # unknown/refused name → 103 at MSH-18/MSH-20, undecodable MSH → 102.
+            outcome, error, label = {
+                MshError.UNKNOWN_CHARSET: (
+                    Outcome.ERROR, Hl7Error.TABLE_VALUE_NOT_FOUND, "charset"
+                ),
+                MshError.UNDECODABLE: (Outcome.ERROR, Hl7Error.DATA_TYPE, "charset"),
+            }.get(exc.kind, (Outcome.REJECTED, Hl7Error.SEGMENT_SEQUENCE, "bad_msh"))  # fmt: skip
             return Verdict(
                 outcome,
                 exc.partial,
                 error,
                 text=exc.reason,
-                location=location,
+                location=exc.location,
                 note="unreadable",
                 dead_reason=exc.reason,
-                reject="bad_msh",
+                reject=label,
             )
         if frame.missing_final_cr and not m.accept_missing_final_cr:
             reason = "frame ended without the final CR (mllp.accept_missing_final_cr is off)"
@@ -696,7 +701,8 @@ class Listener:
     # -- failures ------------------------------------------------------------------------
     async def _oversize(self, conn: _Connection, event: framing.Oversize) -> None:
         try:
-            h: Msh | None = read_msh(event.head, self.settings.mllp.default_charset)
+            m = self.settings.mllp
+            h: Msh | None = read_msh(event.head, m.default_charset, m.sender_charsets)
         except MshError as exc:
             h = exc.partial
         reason = f"frame larger than {event.limit} bytes (first {event.limit} bytes kept)"
@@ -711,7 +717,7 @@ class Listener:
             if not isinstance(event, framing.Abandoned):
                 continue
             try:
-                h: Msh | None = read_msh(event.content, m.default_charset)
+                h: Msh | None = read_msh(event.content, m.default_charset, m.sender_charsets)
             except MshError as exc:
                 h = exc.partial
             reason = f"incomplete frame: no end block within {m.frame_timeout_s} s"
@@ -782,3 +788,4 @@ def check_settings(settings: Settings) -> None:
             "redis.url", "listen needs --redis-url (mwl-bridge run starts an embedded Redis)"
         )
     tls_context(settings)  # unreadable TLS files
+    check_charsets(settings.mllp)  # a default charset the table does not know

@@ -342,7 +342,8 @@ def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
     m = settings.mllp
     try:
-        h = read_msh(letter.raw, m.default_charset)
+        # The listener's charset decision too: the record carries it for the worker.
+        h = read_msh(letter.raw, m.default_charset, m.sender_charsets)
     except MshError as exc:
         return _fail(f"not replayed: the MSH is still unreadable: {exc.reason}", EXIT_REFUSED)
     refusal = check_header(h, m) or check_decodable(letter.raw, h, m)

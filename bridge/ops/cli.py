@@ -18,6 +18,7 @@ from bridge import __version__
 from bridge.core.errors import ConfigError
 from bridge.core.logs import configure
 from bridge.core.settings import Settings, load_settings
+from bridge.hl7.charsets import check_settings as check_charsets
 from bridge.ops.worklist_edit import LOCK_WAIT_S
 
 EXIT_CONFIG = 2
@@ -192,7 +193,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for name, value in vars(args).items()
         if name.startswith("set:") and value is not None
     }
-    return load_settings(flags, config_file=getattr(args, "config", None))
+    settings = load_settings(flags, config_file=getattr(args, "config", None))
+    # The charset names are checked against the table in bridge.hl7 (core, which loads
+    # settings, cannot import it): every verb exits 2 on a name neither stage can decode.
+    check_charsets(settings.mllp)
+    return settings
 
 
 def _resolve(verb: str) -> Callable[[Settings, argparse.Namespace], int]:
