@@ -191,6 +191,20 @@ def test_person_names_match_the_standards_examples(
         assert str(ds.PatientName) == name
 
 
+@pytest.mark.parametrize(
+    ("terms", "expected"),
+    [
+        (JAPANESE, b"\x1b$B;3ED\x1b(BTaro"),
+        # Value 1 ISO 2022 IR 13: its G0 is JIS X 0201 Roman, designated by ESC ( J.
+        (("ISO 2022 IR 13", "ISO 2022 IR 87"), b"\x1b$B;3ED\x1b(JTaro"),
+    ],
+)
+def test_text_after_a_switch_designates_value_1s_set_again(
+    terms: tuple[str, ...], expected: bytes
+) -> None:
+    assert charset_for(terms).encode("山田Taro") == expected
+
+
 def test_control_characters_end_a_designation() -> None:
     """PS3.5 6.1.2.5.3: value 1's set before every control character, so the Korean set
     is designated again after CR LF. Today's code designated it once, and a decoder that

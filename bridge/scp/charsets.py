@@ -184,11 +184,12 @@ class Charset:
             self.codec = {"ISO_IR 192": "utf-8", "GB18030": "gb18030", "GBK": "gbk"}[first]
         self.g0, self.g1 = _elements(first) if self.codec is None else (None, None)
         # Code extensions only when (0008,0005) uses ISO 2022 (several values, or an
-        # "ISO 2022 IR" term): a single ISO_IR term is one fixed G0/G1 pair.
+        # "ISO 2022 IR" term): a single ISO_IR term is one fixed G0/G1 pair. Value 1's own
+        # sets come first, so text after a switch designates them again.
         extensions: list[CodeElement] = []
         for term in terms if first.startswith("ISO 2022") or len(terms) > 1 else ():
             for element in _elements(term):
-                if element is not None and element is not IR14 and element not in extensions:
+                if element is not None and element not in extensions:
                     extensions.append(element)
         self.extensions = tuple(extensions)
         # A single ISO 8859 term (no code extensions) is its Python codec byte for byte:
