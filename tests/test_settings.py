@@ -60,6 +60,10 @@ def test_lists_and_tables_from_env_and_toml(tmp_path: Path) -> None:
         ({}, {"MWL_BRIDGE_MLLP_ACCEPT_MISSING_FINAL_CR": "maybe"}, "mllp.accept_missing_final_cr"),
         ({"scp.response_charset": "LATIN1"}, {}, "scp.response_charset"),
         ({"scp.response_charset_by_ae": "CT1=UTF8"}, {}, "scp.response_charset_by_ae"),
+        ({"scp.response_charset": "ISO_IR 192\\ISO 2022 IR 87"}, {}, "scp.response_charset"),
+        ({"scp.response_charset": "ISO 2022 IR 87\\ISO 2022 IR 149"}, {}, "scp.response_charset"),
+        ({}, {"MWL_BRIDGE_SCP_UNREPRESENTABLE_TEXT": "drop"}, "scp.unrepresentable_text"),
+        ({"scp.unrepresentable_text_by_ae": "CT1=maybe"}, {}, "scp.unrepresentable_text_by_ae"),
     ],
 )
 def test_invalid_values_name_the_key(flags, env, key) -> None:
@@ -67,6 +71,36 @@ def test_invalid_values_name_the_key(flags, env, key) -> None:
         load_settings(flags, env=env)
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_response_charset_settings_from_toml(tmp_path: Path) -> None:
+    """The issue's examples load: forced sets per calling AE (a lone multi-byte ISO 2022
+    term included) and the per-AE rule for text a forced set cannot represent."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        "[scp]\n"
+        'unrepresentable_text = "transliterate"\n'
+        "[scp.response_charset_by_ae]\n"
+        'OLDCT = "ISO_IR 100"\nJPCT = "ISO 2022 IR 87"\nKRCT = "\\\\ISO 2022 IR 149"\n'
+        'NEWCT = "ISO_IR 192"\n'
+        '[scp.unrepresentable_text_by_ae]\nOLDCT = "skip"\n',
+        encoding="utf-8",
+    )
+    s = load_settings(env={}, config_file=cfg)
+    assert s.scp.response_charset_by_ae["KRCT"] == "\\ISO 2022 IR 149"
+    assert (s.scp.unrepresentable_text, s.scp.unrepresentable_text_by_ae) == (
+        "transliterate",
+        {"OLDCT": "skip"},
+    )
+
+
+def test_invalid_charset_setting_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MWL_BRIDGE_SCP_UNREPRESENTABLE_TEXT_BY_AE", "CT1=replace")
+    assert main(["scp"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mwl-bridge: invalid setting scp.unrepresentable_text_by_ae")
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:

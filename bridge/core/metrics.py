@@ -111,6 +111,14 @@ CFIND_DURATION = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
     registry=REGISTRY,
 )
+RESPONSE_CHARSET_FALLBACKS = Counter(
+    "mwl_response_charset_fallbacks",
+    "Worklist items whose text the calling AE's forced response character set could not "
+    "represent, by action (skip: not sent; transliterate: sent with the characters "
+    "transliterated) and charset (the (0008,0005) value, from the settings).",
+    ["action", "charset"],
+    registry=REGISTRY,
+)
 ASSOCIATIONS_OPEN = Gauge(
     "mwl_associations_open",
     "DICOM associations currently open on the SCP.",

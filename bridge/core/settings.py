@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bridge.core.codes import specific_character_set
 from bridge.core.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "MWL_BRIDGE_CONFIG"
 ENV_PREFIX = "MWL_BRIDGE_"
+#: ``scp.response_charset``: answer in the query's character set, else the smallest one.
+QUERY = "query"
+#: ``scp.unrepresentable_text``: text a forced character set lacks → skip the item ...
+SKIP = "skip"
+#: ... or transliterate the characters it lacks (Ł → L, Ü → UE).
+TRANSLITERATE = "transliterate"
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -183,11 +190,20 @@ class ScpSettings:
     calling_ae_as_station: bool = False
     #: Each called AE title serves its own logical worklist (items carry a worklist label).
     per_called_ae_worklists: bool = False
-    #: Response character set: ``query`` (the query's if it can encode the item, else
-    #: ISO_IR 192) or a DICOM defined term to force, e.g. ``ISO_IR 100``.
+    #: Response character set: ``query`` (the query's Specific Character Set if it can
+    #: represent the response, else the smallest standard one that can: none (ASCII),
+    #: ISO_IR 100, other single-byte sets, ISO 2022 for CJK, ISO_IR 192 last) or a
+    #: (0008,0005) value to force, e.g. ``ISO_IR 100``, ``ISO 2022 IR 87``, ``ISO_IR 192``
+    #: (several values separated by ``\``; ``ISO_IR 6`` = ASCII only).
     response_charset: str = "query"
     #: Per calling AE overrides of ``response_charset``: ``AE=ISO_IR 100``.
     response_charset_by_ae: dict[str, str] = field(default_factory=dict)
+    #: Text a forced ``response_charset`` cannot represent: ``skip`` the item (logged
+    #: ``cfind.item_skipped``) or ``transliterate`` the characters it lacks (Ł → L,
+    #: Ü → UE; Latin, Greek and Cyrillic letters only; else the item is skipped).
+    unrepresentable_text: str = field(default=SKIP, metadata=_choices(SKIP, TRANSLITERATE))
+    #: Per calling AE overrides of ``unrepresentable_text``: ``AE=transliterate``.
+    unrepresentable_text_by_ae: dict[str, str] = field(default_factory=dict)
     #: Accept the Query/Retrieve FIND contexts (Patient/Study Root) at association and
     #: answer each C-FIND on them with 0122 "SOP Class not supported" (PS3.7 C.4.1);
     #: false = reject those presentation contexts (abstract syntax not supported).
@@ -344,16 +360,21 @@ def _validate(key: str, value: Any) -> None:
                 key, f"{mask_url(value)!r} is not a redis://, rediss:// or unix:// URL"
             )
     if key in ("scp.response_charset", "scp.response_charset_by_ae"):
-        from pydicom.charset import python_encoding
-
-        terms = value.values() if isinstance(value, dict) else [value]
-        for term in terms:
-            if term != "query" and term not in python_encoding:
+        for charset in value.values() if isinstance(value, dict) else [value]:
+            if charset == QUERY:
+                continue
+            try:
+                specific_character_set(charset)
+            except ValueError as exc:
                 raise ConfigError(
                     key,
-                    f"{term!r} is not 'query' or a DICOM Specific Character Set defined term "
-                    "(e.g. ISO_IR 100, ISO_IR 192)",
-                )
+                    f"{charset!r} is not 'query' or a Specific Character Set value ({exc}; "
+                    "e.g. ISO_IR 100, ISO 2022 IR 87, ISO_IR 192)",
+                ) from None
+    if key == "scp.unrepresentable_text_by_ae":
+        for rule in value.values():
+            if rule not in (SKIP, TRANSLITERATE):
+                raise ConfigError(key, f"{rule!r} is not one of: {SKIP}, {TRANSLITERATE}")
     if key == "worker.local_timezone" and value != "":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
