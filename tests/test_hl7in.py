@@ -9,7 +9,8 @@ from bridge.core.codes import Hl7Error
 from bridge.core.errors import MessageRejected
 from bridge.hl7.escapes import unescape
 from bridge.hl7.message import parse_path
-from bridge.hl7.parse import coerce_version, parse, read_msh
+from bridge.hl7.msh import read_msh
+from bridge.hl7.parse import coerce_version, parse
 
 
 def test_latin1_by_msh18_and_default_charset() -> None:

@@ -142,17 +142,3 @@ def test_suspended_worker_takes_no_job(redis_client: redis.Redis, settings: Sett
     assert redis_client.llen(Keys().ingest_order) == 1
     _work(ctx)
     assert redis_client.llen(Keys().ingest_order) == 0
-
-
-def test_head_whose_message_is_gone_is_skipped(
-    redis_client: redis.Redis, settings: Settings
-) -> None:
-    """A head that nobody can parse (message hash gone) is popped by the next worker
-    that stores an outcome behind it, instead of blocking the line."""
-    gone = submit(redis_client, settings, orm(placer="G1", filler="GF1").encode())
-    submit(redis_client, settings, orm(placer="G2", filler="GF2").encode())
-    keys = Keys()
-    redis_client.delete(keys.message(gone))
-    _work(workers.install(settings, redis_client))
-    assert redis_client.llen(keys.ingest_order) == 0
-    assert WorklistStore(redis_client, keys).count() == 1

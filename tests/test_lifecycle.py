@@ -197,39 +197,50 @@ def test_rejected_message_does_not_block_the_next(
         redis_client,
         wsettings,
         (SAMPLES / "orm_bad_missing_pid3.hl7").read_bytes(),
-        orm(placer="OK1"),
+        # Not the samples' CTRL1: the same MSH-3+4+10 would be a duplicate, not queued.
+        orm(placer="OK1", control_id="OK1"),
     )
     assert len(items(redis_client, wsettings)) == 1
     assert deadletter.count(redis_client, Keys()) == 1
 
 
 def test_application_ack_results(redis_client: redis.Redis, wsettings: Settings) -> None:
-    good, bad = run(redis_client, wsettings, orm(), (SAMPLES / "orm_bad_date.hl7").read_bytes(),
+    bad_date = (SAMPLES / "orm_bad_date.hl7").read_bytes()
+    good, bad = run(redis_client, wsettings, orm(control_id="GOOD1"), bad_date,
                     ack_mode="application")  # fmt: skip
+    assert good != bad  # two messages (the samples' control id is CTRL1)
     k = Keys()
+    # Both verdicts expire (a listener that timed out never pops them).
+    assert 0 < redis_client.ttl(k.result(good)) <= 120
+    assert 0 < redis_client.ttl(k.result(bad)) <= 120
     ok = json.loads(redis_client.lpop(k.result(good)))
     assert ok == {"ok": True, "code": 0, "text": "", "location": ""}
     err = json.loads(redis_client.lpop(k.result(bad)))
     assert (err["ok"], err["code"], err["location"]) == (False, 102, "OBR-27.4")
-    assert 0 < redis_client.ttl(k.result(good)) <= 120 or redis_client.exists(k.result(good)) == 0
     # commit mode pushes nothing
     (mid,) = run(redis_client, wsettings, orm(placer="P2"))
     assert redis_client.exists(k.result(mid)) == 0
 
 
-def test_per_sender_mapping_and_default_charset(
+def test_per_sender_mapping_and_sender_charset(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
-    """A sender whose MSH-18 is empty but who sends UTF-8: its own file says so."""
+    """A sender whose MSH-18 is empty but who sends UTF-8: mllp.sender_charsets says so
+    (the mapping file's default_charset moved there), and its own mapping file applies."""
     site = tmp_path / "utf8-sender.yaml"
-    site.write_text("extends: default\ndefault_charset: UNICODE UTF-8\n", encoding="utf-8")
+    site.write_text(
+        "extends: default\nattributes:\n  AdmissionID: {const: SITE}\n", encoding="utf-8"
+    )
     s = load_settings(
         {"redis.url": redis_url, "worker.worker_class": "simple",
-         "worker.sender_mappings": {"RIS|HOSP": str(site)}},
+         "worker.sender_mappings": {"RIS|HOSP": str(site)},
+         "mllp.sender_charsets": {"RIS|HOSP": "UNICODE UTF-8"}},
         env={},
     )  # fmt: skip
     run(redis_client, s, orm(patient_name="ŁUKASZ^ZOË").encode("utf-8"))
-    assert items(redis_client, s)[0].attrs["PatientName"] == "ŁUKASZ^ZOË"
+    [item] = items(redis_client, s)
+    assert item.attrs["PatientName"] == "ŁUKASZ^ZOË"
+    assert item.attrs["AdmissionID"] == "SITE"
 
 
 def _ws(redis_url: str, **kw: object) -> Settings:

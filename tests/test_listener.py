@@ -71,6 +71,8 @@ def test_accepted_message_is_stored_ordered_and_queued(
         "charset": "",
         "processing_id": "P",
         "ack_mode": "commit",
+        # the charset decision made at ACK time, which the worker decodes with
+        "charset_used": '{"names":["8859/1"],"scheme":"","source":"mllp.default_charset"}',
     }
     assert float(h["received_at"]) > 0
     assert h["peer"].decode().startswith("127.0.0.1:")

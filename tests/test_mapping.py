@@ -3,6 +3,7 @@ features (fallbacks, transforms, tables, regex, join, VR lengths, inheritance)."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from orm_builder import orm
 
 from bridge.core.codes import Hl7Error
 from bridge.core.errors import MappingFileError, MessageRejected
+from bridge.hl7.message import parse_path
 from bridge.hl7.parse import parse
 from bridge.worker.mapping.apply import MappedItem, MappingResult, map_message, study_uid
 from bridge.worker.mapping.load import MappingRegistry, load_mapping
@@ -242,7 +244,7 @@ def test_mapping_file_errors_name_file_line_and_key(
     p = write(tmp_path, "bad.yaml", text)
     with pytest.raises(MappingFileError) as exc:
         load_mapping(p)
-    assert exc.value.path == str(p.resolve()) or exc.value.path == str(p)
+    assert exc.value.path == str(p.resolve())  # load_mapping resolves the path it reads
     if line is not None:
         assert exc.value.line == line
     assert exc.value.mapping_key == key
@@ -405,3 +407,69 @@ def test_unknown_modality_names_the_allowed_values_in_the_rejection() -> None:
         mapped(orm(modality="XYZ"))
     assert exc.value.code == Hl7Error.TABLE_VALUE_NOT_FOUND and exc.value.location == "OBR-24"
     assert "IVUS" in exc.value.detail and "XYZ" not in str(exc.value)
+
+
+# -- Japanese names: PID-5 repetitions by XPN-8 (issue #11) -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("pid5", "pn"),
+    [
+        # JAHIS: alphabetic, ideographic and phonetic repetitions (table 4000 A/I/P)
+        ("Yamada^Tarou^^^^^L^A~山田^太郎^^^^^L^I~やまだ^たろう^^^^^L^P",
+         "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        # order of the repetitions does not matter; the alphabetic group comes first
+        ("山田^太郎^^^^^L^I~やまだ^たろう^^^^^L^P~Yamada^Tarou^^^^^L^A",
+         "Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        # no alphabetic repetition: the group stays empty between the =
+        ("山田^太郎^^^^^L^I~やまだ^たろう^^^^^L^P", "=山田^太郎=やまだ^たろう"),
+        # trailing empty groups are dropped
+        ("Yamada^Tarou^^^^^L^A~山田^太郎^^^^^L^I", "Yamada^Tarou=山田^太郎"),
+        ("~やまだ^たろう^^^^^L^P", "==やまだ^たろう"),
+    ],
+)  # fmt: skip
+def test_xpn8_repetitions_become_pn_component_groups(pid5: str, pn: str) -> None:
+    """Today PatientName came from the first PID-5 repetition only: the ideographic and
+    phonetic names of a JAHIS order were lost (``Yamada^Tarou``)."""
+    raw = orm(patient_name=pid5, charset="UNICODE UTF-8").encode()
+    assert first(mapped(raw)).attrs["PatientName"] == pn
+
+
+@pytest.mark.parametrize(
+    "pid5",
+    [
+        "DOE^JOHN^Q^JR^DR^PHD",
+        "SMITH^JOHN~SMYTHE^JOHN^^^^^M",  # an alias repetition without XPN-8: not used
+        "O\\S\\BRIEN^ANN",
+        "MÜLLER^JÖRG^^^^^L^A",
+    ],
+)
+def test_ordinary_names_map_as_before(pid5: str) -> None:
+    """The shipped mapping now reads PID-5[*] with xpn_pn_groups: a name without XPN-8
+    groups gives exactly what PID-5 with xpn_pn gave."""
+    before = load_mapping()
+    raw = orm(patient_name=pid5, charset="UNICODE UTF-8").encode()
+    rule = next(r for r in before.rules if r.keyword == "PatientName")
+    path = rule.sources[0].path
+    assert rule.transform == "xpn_pn_groups" and path is not None and path.repetition == "*"
+    old_rule = dataclasses.replace(
+        rule,
+        transform="xpn_pn",
+        sources=(dataclasses.replace(rule.sources[0], path=parse_path("PID-5")),),
+    )
+    old = dataclasses.replace(before, rules=[old_rule if r is rule else r for r in before.rules])
+    assert first(mapped(raw)).attrs["PatientName"] == first(mapped(raw, old)).attrs["PatientName"]
+
+
+def test_mapping_file_default_charset_must_move_to_the_setting(tmp_path: Path) -> None:
+    """The listener decides the charset at ACK time and cannot see mapping files; today a
+    mapping's default_charset made the worker decode in another charset than the one the
+    listener had checked."""
+    site = tmp_path / "site.yaml"
+    site.write_text("extends: default\ndefault_charset: UNICODE UTF-8\n")
+    with pytest.raises(MappingFileError) as info:
+        load_mapping(site)
+    err = info.value
+    assert err.path in (str(site), str(site.resolve()))
+    assert (err.line, err.mapping_key) == (2, "default_charset")
+    assert "move it to the setting mllp.sender_charsets" in str(err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 
 from bridge.core.codes import AckCode, Hl7Error
 from bridge.hl7.ack import AckPolicy, Outcome, build_ack, escape
-from bridge.hl7.msh import MshError, codec_for, normalise_version, read_msh
+from bridge.hl7.charsets import CHARSETS, lookup
+from bridge.hl7.msh import MshError, normalise_version, read_msh
 
 SAMPLES = Path(__file__).parent / "samples"
 NOW = dt.datetime(2026, 7, 5, 10, 15, 0, tzinfo=dt.timezone(dt.timedelta(hours=2)))
@@ -47,7 +49,12 @@ def test_version_normalisation(raw: str, norm: str) -> None:
     ],
 )
 def test_charset_table_0211(name: str, codec: str | None) -> None:
-    assert codec_for(name) == codec
+    entry = lookup(name)
+    assert entry is not None and entry.name in CHARSETS
+    if codec is None:
+        assert entry.refused  # known, refused with a reason (103)
+    else:
+        assert codecs.lookup(entry.codec).name == codecs.lookup(codec).name
 
 
 @pytest.mark.parametrize("sep", [b"\r", b"\n", b"\r\n"])
@@ -65,7 +72,7 @@ def test_read_msh_any_segment_separator(sep: bytes) -> None:
 
 def test_read_msh_utf8_charset() -> None:
     h = read_msh(sample("mllp_orm_v251_utf8.hl7"))
-    assert h.codec == "utf-8"
+    assert h.decision.names == ("UNICODE UTF-8",) and not h.decision.code_extension
     assert h.charset == "UNICODE UTF-8"
     assert h.message_type == "ORM^O01"
     assert h.version == "2.5.1"

@@ -53,7 +53,8 @@ def counted(event: str, outcome: str) -> float:
 
 def test_a08_updates_open_items_but_not_final_ones(redis_client: redis.Redis, s: Settings) -> None:
     """Today's listener answered ADT with AR 200 and the worklist kept the old name."""
-    run(redis_client, s, orm(placer="O1", filler="", control_id="N1"), orm(placer="O2", filler="", control_id="N2"),
+    run(redis_client, s, orm(placer="O1", filler="", control_id="N1"),
+        orm(placer="O2", filler="", control_id="N2"),
         orm(control="SC", status="CM", placer="O2", filler="", control_id="C2"))  # fmt: skip
     before = counted("A08", "updated")
     run(redis_client, s, adt("adt_a08_update_patient.hl7"))
@@ -79,11 +80,13 @@ def test_a31_keeps_the_visit_and_a02_changes_only_the_visit(
 def test_a40_moves_open_items_to_the_survivor_with_its_demographics(
     redis_client: redis.Redis, s: Settings
 ) -> None:
+    dup = {"patient_id": "99999^^^HOSP", "patient_name": "DUP^JANE"}
     run(redis_client, s,
-        orm(placer="M1", filler="", control_id="N1", patient_id="99999^^^HOSP", patient_name="DUP^JANE"),
-        orm(placer="M2", filler="", control_id="N2", patient_id="99999^^^HOSP", patient_name="DUP^JANE"),
+        orm(placer="M1", filler="", control_id="N1", **dup),
+        orm(placer="M2", filler="", control_id="N2", **dup),
         orm(control="SC", status="CM", placer="M2", filler="", control_id="C2"),
-        orm(placer="R1", filler="", control_id="N3", patient_id="77777^^^HOSP", patient_name="ROE^R"))
+        orm(placer="R1", filler="", control_id="N3", patient_id="77777^^^HOSP",
+            patient_name="ROE^R"))  # fmt: skip
     run(redis_client, s, adt("adt_a40_merge_two_pairs.hl7"))
     got = {x[0]: x[1:] for x in patient(redis_client, s)}
     assert got["M1"][:2] == ("12345", "DOE^JOHANNA^Q")

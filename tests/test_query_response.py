@@ -10,7 +10,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from bridge.core.codes import CFindStatus
 from bridge.core.settings import ScpSettings
 from bridge.scp.query import QueryError, parse_identifier
-from bridge.scp.response import ResponseError, build_response, can_encode, choose_charset
+from bridge.scp.response import ResponseError, build_response
 
 SCP = ScpSettings()
 
@@ -116,29 +116,6 @@ def test_item_without_sps_still_answers_one_sps_item() -> None:
     ds = build_response(item.attrs, parse_identifier(q, SCP))
     assert len(ds.ScheduledProcedureStepSequence) == 1
     assert not ds.ScheduledProcedureStepSequence[0].Modality
-
-
-@pytest.mark.parametrize(
-    ("texts", "policy", "query_cs", "expected"),
-    [
-        ([], "query", (), None),
-        (["MÜLLER"], "query", (), ("ISO_IR 192",)),
-        (["MÜLLER"], "query", ("ISO_IR 100",), ("ISO_IR 100",)),
-        (["ΔΗΜΗΤΡΙΟΥ"], "query", ("ISO_IR 100",), ("ISO_IR 192",)),
-        (["ΔΗΜΗΤΡΙΟΥ"], "query", ("ISO_IR 126",), ("ISO_IR 126",)),
-        (["MÜLLER"], "ISO_IR 100", (), ("ISO_IR 100",)),
-        (["山田"], "query", ("", "ISO 2022 IR 87"), ("", "ISO 2022 IR 87")),
-    ],
-)
-def test_choose_charset(texts, policy, query_cs, expected) -> None:
-    assert choose_charset(texts, policy, query_cs) == expected
-
-
-def test_forced_charset_is_lossless_or_refuses() -> None:
-    with pytest.raises(ResponseError):
-        choose_charset(["ΔΗΜΗΤΡΙΟΥ"], "ISO_IR 100", ())
-    assert not can_encode(["ΔΗΜΗΤΡΙΟΥ"], ("ISO_IR 100",))
-    assert not can_encode(["x"], ("NO SUCH CHARSET",))
 
 
 def test_invalid_stored_value_is_a_response_error() -> None:

@@ -1,6 +1,6 @@
 """The whole bridge in one command: `mwl-bridge run` on the embedded Redis, an ORM sent
 with `mwl-bridge send`, found with DCMTK `findscu -W` and `mwl-bridge find`, then SIGTERM
-and nothing left running. Skipped until the listener, workers and SCP are merged."""
+and nothing left running."""
 
 from __future__ import annotations
 
@@ -13,10 +13,6 @@ from pathlib import Path
 import pytest
 from bridge_process import Run, gone, processes_with_env, wait_for
 from scp_support import dcmtk
-
-pytest.importorskip("bridge.mllp.listener")
-pytest.importorskip("bridge.worker.jobs")
-pytest.importorskip("bridge.scp.server")
 
 SAMPLES = Path(__file__).parent / "samples" / "ops"
 FINDSCU = dcmtk("findscu")

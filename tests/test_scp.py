@@ -420,7 +420,12 @@ def test_per_called_ae_worklists_end_to_end_from_the_mapping(
 # -- character sets ---------------------------------------------------------------------
 
 
-def test_charset_follows_the_query_else_utf8(store: WorklistStore, start_scp: StartScp) -> None:
+def test_charset_follows_the_query_else_the_smallest_set(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    """The query's set when it can represent the item; else the smallest standard set
+    that can (PS3.4 C.4.1.1.3.2 allows another set). Today's code sent the Greek name to
+    a Latin-1 query in ISO_IR 192."""
     store.apply([make_item(1, name="MÜLLER^JÜRGEN"), make_item(2, name="ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ")])
     port = start_scp().port
     q = mwl_query()
@@ -429,10 +434,9 @@ def test_charset_follows_the_query_else_utf8(store: WorklistStore, start_scp: St
     [ds] = find(port, q).identifiers
     assert ds.SpecificCharacterSet == "ISO_IR 100"
     assert str(ds.PatientName) == "MÜLLER^JÜRGEN"
-    q.PatientName = "ΔΗΜ*"  # query in Latin-1 cannot carry Greek: match all and check
-    q.PatientName = ""
+    q.PatientName = ""  # a Latin-1 query cannot carry Greek: match all and check
     by_pid = {d.PatientID: d for d in find(port, q).identifiers}
-    assert by_pid["PID2"].SpecificCharacterSet == "ISO_IR 192"
+    assert by_pid["PID2"].SpecificCharacterSet == "ISO_IR 126"
     assert str(by_pid["PID2"].PatientName) == "ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ"
     assert by_pid["PID1"].SpecificCharacterSet == "ISO_IR 100"
     # ASCII-only responses carry no (0008,0005) unless the query had it.
@@ -441,16 +445,157 @@ def test_charset_follows_the_query_else_utf8(store: WorklistStore, start_scp: St
     assert "SpecificCharacterSet" not in ds
 
 
-def test_forced_latin1_is_lossless_or_skips(store: WorklistStore, start_scp: StartScp) -> None:
+def test_query_without_charset_gets_the_smallest_set_per_item(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    """No (0008,0005) in the query: each item in the smallest set that represents it —
+    ASCII with none, then ISO_IR 100, other single-byte sets, ISO 2022 for CJK. Today's
+    code answered every non-ASCII item in ISO_IR 192."""
+    names = {
+        "PID1": ("SMITH^JOHN", None),
+        "PID2": ("MÜLLER^JÜRGEN", "ISO_IR 100"),
+        "PID3": ("WAŁĘSA^LECH", "ISO_IR 101"),
+        "PID4": ("ИВАНОВ^ИВАН", "ISO_IR 144"),
+        "PID5": ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"]),
+        "PID6": ("Hong^Gildong=洪^吉洞=홍^길동", ["", "ISO 2022 IR 149"]),
+    }
+    store.apply([make_item(n, name=names[f"PID{n}"][0]) for n in range(1, 7)])
+    result = find(start_scp().port, mwl_query())
+    assert len(result.identifiers) == 6
+    for ds in result.identifiers:
+        name, charset = names[ds.PatientID]
+        got = ds.get("SpecificCharacterSet")
+        assert (list(got) if got is not None and ds["SpecificCharacterSet"].VM > 1 else got) == (
+            charset
+        ), ds.PatientID
+        assert str(ds.PatientName) == name
+
+
+def test_forced_latin1_is_lossless_or_skips(
+    store: WorklistStore, start_scp: StartScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``skip`` (the default rule): an item the forced set cannot represent is not sent,
+    logged by item id and counted."""
+    from bridge.core import metrics
+
+    def skipped() -> float:
+        labels = {"action": "skip", "charset": "ISO_IR 100"}
+        value = metrics.REGISTRY.get_sample_value("mwl_response_charset_fallbacks_total", labels)
+        return value or 0.0
+
+    before = skipped()
     store.apply([make_item(1, name="MÜLLER^JÜRGEN"), make_item(2, name="ΔΗΜΗΤΡΙΟΥ^ΕΛΕΝΗ")])
     port = start_scp(response_charset_by_ae={"OLDCT": "ISO_IR 100"}).port
-    result = find(port, mwl_query(), calling="OLDCT")
+    with caplog.at_level(logging.INFO, logger="bridge.scp.handlers"):
+        result = find(port, mwl_query(), calling="OLDCT")
     assert result.statuses == [0xFF00, 0x0000]
     [ds] = result.identifiers
     assert ds.SpecificCharacterSet == "ISO_IR 100"
     assert str(ds.PatientName) == "MÜLLER^JÜRGEN"
-    # Other AEs still get both (UTF-8 for the Greek name).
+    [record] = [r for r in caplog.records if r.getMessage() == "cfind.item_skipped"]
+    assert record.levelno == logging.ERROR
+    assert record.fields["item_id"] == "it2" and record.fields["charset"] == "ISO_IR 100"
+    assert skipped() == before + 1
+    # Other AEs still get both (Greek for the Greek name).
     assert len(find(port, mwl_query(), calling="NEWCT").identifiers) == 2
+
+
+def test_forced_charset_with_transliteration_per_calling_ae(
+    store: WorklistStore, start_scp: StartScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``transliterate`` for one AE: only what Latin-1 lacks changes (Ł → L, Ř → R; Ü
+    stays), a Han name is still skipped (not transliterated), each item is logged by id
+    and counted, and no name reaches the log. Another AE with the default rule skips.
+    Today's code had no such setting (the SCP would not start with it)."""
+    from bridge.core import metrics
+
+    def count(action: str) -> float:
+        labels = {"action": action, "charset": "ISO_IR 100"}
+        value = metrics.REGISTRY.get_sample_value("mwl_response_charset_fallbacks_total", labels)
+        return value or 0.0
+
+    before = (count("transliterate"), count("skip"))
+    store.apply(
+        [
+            make_item(1, name="MÜLLER^JÜRGEN"),
+            make_item(2, name="ŁUKASZ^ŘEHOŘ"),
+            make_item(3, name="山田^太郎"),
+        ]
+    )
+    port = start_scp(
+        response_charset_by_ae={"OLDCT": "ISO_IR 100", "STRICT": "ISO_IR 100"},
+        unrepresentable_text_by_ae={"OLDCT": "transliterate"},
+    ).port
+    with caplog.at_level(logging.DEBUG):
+        result = find(port, mwl_query(), calling="OLDCT")
+    names = {d.PatientID: str(d.PatientName) for d in result.identifiers}
+    assert names == {"PID1": "MÜLLER^JÜRGEN", "PID2": "LUKASZ^REHOR"}
+    assert {d.SpecificCharacterSet for d in result.identifiers} == {"ISO_IR 100"}
+    [record] = [r for r in caplog.records if r.getMessage() == "cfind.item_transliterated"]
+    assert record.levelno == logging.WARNING
+    assert record.fields == {
+        "item_id": "it2",
+        "charset": "ISO_IR 100",
+        "keys": "PatientName",
+        "characters": 3,
+    }
+    [skip] = [r for r in caplog.records if r.getMessage() == "cfind.item_skipped"]
+    assert skip.fields["item_id"] == "it3"
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
+    for phi in ("ŁUKASZ", "LUKASZ", "REHO", "山田", "MÜLLER"):
+        assert phi not in logged
+    assert (count("transliterate"), count("skip")) == (before[0] + 1, before[1] + 1)
+    # Served from the response cache the second time: still logged and counted.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(find(port, mwl_query(), calling="OLDCT").identifiers) == 2
+    assert [r.getMessage() for r in caplog.records].count("cfind.item_transliterated") == 1
+    assert count("transliterate") == before[0] + 2
+    # The same items for an AE with the default rule: Ł and Ř cannot be sent, so skipped.
+    strict = find(port, mwl_query(), calling="STRICT")
+    assert [d.PatientID for d in strict.identifiers] == ["PID1"]
+
+
+def test_forced_ascii_spells_umlauts_out(store: WorklistStore, start_scp: StartScp) -> None:
+    """A modality that knows only the default repertoire: Ü → UE (DIN 5007-2), no
+    (0008,0005). Today's code skipped the item."""
+    store.apply([make_item(1, name="MÜLLER^JÜRGEN")])
+    port = start_scp(
+        response_charset_by_ae={"ASCIICT": "ISO_IR 6"},
+        unrepresentable_text_by_ae={"ASCIICT": "transliterate"},
+    ).port
+    [ds] = find(port, mwl_query(), calling="ASCIICT").identifiers
+    assert str(ds.PatientName) == "MUELLER^JUERGEN"
+    assert "SpecificCharacterSet" not in ds
+
+
+def test_forced_japanese_charset_gets_an_empty_value_1(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    """``ISO 2022 IR 87`` as the setting is sent as ``\\ISO 2022 IR 87`` (PS3.3
+    C.12.1.1.2: a multi-byte set is never value 1). Today's code sent it as value 1."""
+    store.apply([make_item(1, name="Yamada^Tarou=山田^太郎=やまだ^たろう")])
+    port = start_scp(response_charset_by_ae={"JPCT": "ISO 2022 IR 87"}).port
+    [ds] = find(port, mwl_query(), calling="JPCT").identifiers
+    assert list(ds.SpecificCharacterSet) == ["", "ISO 2022 IR 87"]
+    assert str(ds.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+
+def test_response_cache_keeps_each_calling_aes_charset(
+    store: WorklistStore, start_scp: StartScp
+) -> None:
+    """Cached responses are keyed by what decides the set: the same item alternately to
+    an AE forced to UTF-8 and to one answered automatically."""
+    store.apply([make_item(1, name="MÜLLER^JÜRGEN")])
+    port = start_scp(response_charset_by_ae={"UTFCT": "ISO_IR 192"}).port
+    for _ in range(2):
+        [auto] = find(port, mwl_query(), calling="CT1").identifiers
+        [utf8] = find(port, mwl_query(), calling="UTFCT").identifiers
+        assert (auto.SpecificCharacterSet, utf8.SpecificCharacterSet) == (
+            "ISO_IR 100",
+            "ISO_IR 192",
+        )
+        assert str(auto.PatientName) == str(utf8.PatientName) == "MÜLLER^JÜRGEN"
 
 
 def test_pn_matching_is_case_insensitive_by_default(

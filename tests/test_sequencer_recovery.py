@@ -1,18 +1,23 @@
-"""A message that kills its worker on every attempt must not block the line forever."""
+"""What must not block the line forever: a message that kills its worker on every
+attempt, a head whose message hash is gone."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 
+import pytest
 from intake_helpers import submit
 from orm_builder import orm
 
+from bridge.core import metrics
 from bridge.core.errors import StoreUnavailable
 from bridge.core.settings import load_settings
 from bridge.intake import deadletter
 from bridge.store.keys import Keys
+from bridge.store.worklist_store import WorklistStore
 from bridge.worker import rq_worker as workers
+from bridge.worker.sequencer import LockLost
 
 
 def _dies_parsing(ctx: workers.WorkerContext, poison: str) -> None:
@@ -121,3 +126,53 @@ def test_rerun_of_an_unfinished_batch_goes_one_message_at_a_time(redis_client, r
     assert stored == [[mids[0]], [mids[1]], [mids[2]]]
     assert redis_client.llen(keys.ingest_order) == 0
     assert not redis_client.exists(keys.batch(mids[0]))
+
+
+def _lost() -> float:
+    return metrics.REGISTRY.get_sample_value(
+        "mwl_messages_lost_total", {"reason": "hash_missing"}
+    ) or 0.0
+
+
+def test_head_whose_message_hash_is_gone_is_dead_lettered_and_counted(
+    redis_client, redis_url
+) -> None:
+    """An ACKed message whose hash vanished (evicted, expired, deleted) is an order lost
+    after its AA. The next worker that stores an outcome behind it keeps a dead letter
+    under its id, counts it and pops it (today's code popped it with a log line only:
+    nothing in ``deadletter list``, no metric), and the line moves on."""
+    s = load_settings({"redis.url": redis_url}, env={})
+    keys = Keys(s.redis.key_prefix)
+    gone = submit(redis_client, s, orm(placer="G1", filler="GF1").encode())
+    after = submit(redis_client, s, orm(placer="G2", filler="GF2").encode())
+    redis_client.delete(keys.message(gone))
+    before = _lost()
+    workers.install(s, redis_client).sequencer.process(after)
+    assert redis_client.llen(keys.ingest_order) == 0
+    assert WorklistStore(redis_client, keys).count() == 1  # G2 applied after it
+    letter = deadletter.get(redis_client, keys, gone)
+    assert letter is not None
+    assert (letter.stage, letter.code, letter.raw) == ("worker", 207, b"")
+    assert gone in letter.reason and letter.meta == {"message_id": gone}
+    assert deadletter.list_ids(redis_client, keys) == [gone]
+    assert _lost() == before + 1
+
+
+def test_missing_head_is_not_dead_lettered_by_a_worker_that_lost_the_lock(
+    redis_client, redis_url
+) -> None:
+    """Dead letter and pop are one script fenced by the lock token: a holder whose lock
+    expired writes neither, so the new holder does it exactly once."""
+    s = load_settings({"redis.url": redis_url}, env={})
+    keys = Keys(s.redis.key_prefix)
+    gone = submit(redis_client, s, orm(placer="G1", filler="GF1").encode())
+    redis_client.delete(keys.message(gone))
+    redis_client.set(keys.apply_lock, "the-new-holder")
+    seq = workers.install(s, redis_client).sequencer
+    with pytest.raises(LockLost):
+        seq._drop_missing_head(gone, "our-expired-token", 30_000)
+    assert redis_client.lrange(keys.ingest_order, 0, -1) == [gone.encode()]
+    assert deadletter.count(redis_client, keys) == 0
+    assert seq._drop_missing_head(gone, "the-new-holder", 30_000) is None  # line now empty
+    assert redis_client.llen(keys.ingest_order) == 0
+    assert deadletter.count(redis_client, keys) == 1

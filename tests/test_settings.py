@@ -60,6 +60,10 @@ def test_lists_and_tables_from_env_and_toml(tmp_path: Path) -> None:
         ({}, {"MWL_BRIDGE_MLLP_ACCEPT_MISSING_FINAL_CR": "maybe"}, "mllp.accept_missing_final_cr"),
         ({"scp.response_charset": "LATIN1"}, {}, "scp.response_charset"),
         ({"scp.response_charset_by_ae": "CT1=UTF8"}, {}, "scp.response_charset_by_ae"),
+        ({"scp.response_charset": "ISO_IR 192\\ISO 2022 IR 87"}, {}, "scp.response_charset"),
+        ({"scp.response_charset": "ISO 2022 IR 87\\ISO 2022 IR 149"}, {}, "scp.response_charset"),
+        ({}, {"MWL_BRIDGE_SCP_UNREPRESENTABLE_TEXT": "drop"}, "scp.unrepresentable_text"),
+        ({"scp.unrepresentable_text_by_ae": "CT1=maybe"}, {}, "scp.unrepresentable_text_by_ae"),
     ],
 )
 def test_invalid_values_name_the_key(flags, env, key) -> None:
@@ -67,6 +71,36 @@ def test_invalid_values_name_the_key(flags, env, key) -> None:
         load_settings(flags, env=env)
     assert info.value.key == key
     assert key in str(info.value)
+
+
+def test_response_charset_settings_from_toml(tmp_path: Path) -> None:
+    """The issue's examples load: forced sets per calling AE (a lone multi-byte ISO 2022
+    term included) and the per-AE rule for text a forced set cannot represent."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        "[scp]\n"
+        'unrepresentable_text = "transliterate"\n'
+        "[scp.response_charset_by_ae]\n"
+        'OLDCT = "ISO_IR 100"\nJPCT = "ISO 2022 IR 87"\nKRCT = "\\\\ISO 2022 IR 149"\n'
+        'NEWCT = "ISO_IR 192"\n'
+        '[scp.unrepresentable_text_by_ae]\nOLDCT = "skip"\n',
+        encoding="utf-8",
+    )
+    s = load_settings(env={}, config_file=cfg)
+    assert s.scp.response_charset_by_ae["KRCT"] == "\\ISO 2022 IR 149"
+    assert (s.scp.unrepresentable_text, s.scp.unrepresentable_text_by_ae) == (
+        "transliterate",
+        {"OLDCT": "skip"},
+    )
+
+
+def test_invalid_charset_setting_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MWL_BRIDGE_SCP_UNREPRESENTABLE_TEXT_BY_AE", "CT1=replace")
+    assert main(["scp"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("mwl-bridge: invalid setting scp.unrepresentable_text_by_ae")
 
 
 def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
@@ -111,3 +145,49 @@ def test_final_order_record_must_cover_the_dedupe_window() -> None:
     assert s.worker.final_order_retention_s == 7200
     with pytest.raises(ConfigError):  # the default dedupe window is a week
         load_settings({"worker.final_order_retention_s": 7200}, env={})
+
+
+def test_worker_default_charset_is_deprecated_unless_equal() -> None:
+    """One default for both stages (issue #11): today mllp.default_charset 8859/1 with
+    worker.default_charset UNICODE UTF-8 started fine, the listener checked Latin-1 and
+    the worker decoded UTF-8."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"worker.default_charset": "UNICODE UTF-8"}, env={})
+    assert info.value.key == "worker.default_charset"
+    assert "mllp.default_charset" in str(info.value) and "deprecated" in str(info.value)
+    for same in ("", "8859/1", " 8859/1 "):
+        assert load_settings({"worker.default_charset": same}, env={}).mllp.default_charset
+    s = load_settings(
+        {"worker.default_charset": "unicode utf-8", "mllp.default_charset": "UNICODE UTF-8"},
+        env={},
+    )
+    assert s.mllp.default_charset == "UNICODE UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "words"),
+    [
+        ({"MWL_BRIDGE_MLLP_DEFAULT_CHARSET": "KLINGON"}, "mllp.default_charset", "unknown"),
+        ({"MWL_BRIDGE_MLLP_DEFAULT_CHARSET": "UTF-16"}, "mllp.default_charset", "MLLP"),
+        ({"MWL_BRIDGE_MLLP_SENDER_CHARSETS": "RIS|HOSP=UTF-32"}, "mllp.sender_charsets", "MLLP"),
+        ({"MWL_BRIDGE_MLLP_SENDER_CHARSETS": "=8859/1"}, "mllp.sender_charsets", "MSH3"),
+        ({"MWL_BRIDGE_WORKER_DEFAULT_CHARSET": "8859/2"}, "worker.default_charset", "mllp"),
+    ],
+)
+def test_cli_exits_2_on_a_charset_setting_neither_stage_decodes(
+    env: dict[str, str], key: str, words: str, capsys, monkeypatch
+) -> None:
+    """Today an unknown mllp.default_charset started, and every message without MSH-18
+    was refused (or, worker side, dead-lettered)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["worklist", "list", "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"mwl-bridge: invalid setting {key}: ") and words in line
+
+
+def test_sender_charsets_from_toml(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[mllp.sender_charsets]\n"RIS|TOKYO" = "~ISO IR87"\nKOREA = "KS X 1001"\n')
+    s = load_settings(env={}, config_file=cfg)
+    assert s.mllp.sender_charsets == {"RIS|TOKYO": "~ISO IR87", "KOREA": "KS X 1001"}

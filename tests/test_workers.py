@@ -50,71 +50,133 @@ def wait_until(predicate: object, timeout_s: float) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_four_workers_apply_in_ack_order(redis_client: redis.Redis, settings: Settings) -> None:
-    """NW (slow to parse: many NTEs), XO and CA of the same order sit next to each other
-    in the line, so 4 workers parse them concurrently and usually finish the CA first;
-    the final state must still be what the ACK order says."""
-    slow_notes = [f"note {n} " + "x" * 40 for n in range(40)]
+#: Notes that make a NW slow to parse (~tens of ms), so the XO/CA/SC queued right
+#: behind it usually finish parsing first on another worker.
+SLOW_NOTES = [f"note {n} " + "x" * 40 for n in range(40)]
+
+
+def ordering_stream() -> tuple[list[bytes], dict[str, tuple[str, str]]]:
+    """Messages in ACK order whose final worklist depends on that order, and the final
+    (SPS status, station) per placer number that the ACK order gives. The messages of
+    an order are adjacent in the line, so several workers parse them at the same time."""
+    stream: list[bytes] = []
     expected: dict[str, tuple[str, str]] = {}
     for n in range(24):
         placer = f"ORD{n}"
-        kind = n % 3
-        submit(redis_client, settings, orm(placer=placer, filler="", nte=slow_notes).encode())
-        if kind == 0:  # NW, XO (new station), CA → canceled
-            submit(
-                redis_client,
-                settings,
-                orm(control="XO", placer=placer, filler="", station="CT_X").encode(),
-            )
-            submit(
-                redis_client,
-                settings,
-                orm(control="CA", status="CA", placer=placer, filler="").encode(),
-            )
+        nw = orm(placer=placer, filler="", nte=SLOW_NOTES).encode()
+        if n % 3 == 0:  # NW, XO (new station), CA → canceled in the new room
+            stream += [nw, orm(control="XO", placer=placer, filler="", station="CT_X").encode(),
+                       orm(control="CA", status="CA", placer=placer, filler="").encode()]
             expected[placer] = ("CANCELED", "CT_X")
-        elif kind == 1:  # NW, XO, SC IP → started in the new room
-            submit(
-                redis_client,
-                settings,
-                orm(control="XO", placer=placer, filler="", station="CT_Y").encode(),
-            )
-            submit(
-                redis_client,
-                settings,
-                orm(control="SC", status="IP", placer=placer, filler="").encode(),
-            )
+        elif n % 3 == 1:  # NW, XO, SC IP → started in the new room
+            stream += [nw, orm(control="XO", placer=placer, filler="", station="CT_Y").encode(),
+                       orm(control="SC", status="IP", placer=placer, filler="").encode()]
             expected[placer] = ("STARTED", "CT_Y")
-        else:  # NW alone → scheduled
-            expected[placer] = ("SCHEDULED", "CT_ROOM1")
-    # "CA before NW": the cancel of an order not seen yet leaves a tombstone, and the NW
-    # sent at the same transaction time is late: applied as cancelled, never scheduled.
-    submit(
-        redis_client, settings, orm(control="CA", status="CA", placer="LATE", filler="").encode()
-    )
-    submit(redis_client, settings, orm(placer="LATE", filler="").encode())
-    expected["LATE"] = ("CANCELED", "CT_ROOM1")
+        else:  # CA before its NW (same transaction time): a tombstone, the NW is late
+            stream += [orm(control="CA", status="CA", placer=placer, filler="").encode(), nw]
+            expected[placer] = ("CANCELED", "CT_ROOM1")
+    return stream, expected  # fmt: skip
 
-    procs = [start_worker(settings.redis.url, "--burst") for _ in range(4)]
+
+def final_state(client: redis.Redis) -> dict[str, tuple[str, str]]:
+    keys = Keys()
+    store = WorklistStore(client, keys)
+    ids = sorted(m.decode() for m in client.zrange(keys.index_start, 0, -1))
+    return {
+        item.attrs["PlacerOrderNumberImagingServiceRequest"]: (
+            item.status, item.sps["ScheduledStationAETitle"])
+        for item in store.load(ids)
+    }  # fmt: skip
+
+
+def parsed_by(client: redis.Redis) -> dict[str, int]:
+    """Jobs finished per rq worker name (each job parsed a batch of 1 or 2 messages)."""
+    from rq import Queue
+    from rq.job import Job
+    from rq.registry import FinishedJobRegistry
+
+    registry = FinishedJobRegistry(queue=Queue(Keys().queue_name(), connection=client))
+    jobs = Job.fetch_many(registry.get_job_ids(), connection=client)
+    counts: dict[str, int] = {}
+    for job in jobs:
+        assert job is not None and job.worker_name
+        counts[job.worker_name] = counts.get(job.worker_name, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_four_workers_apply_in_ack_order(redis_client: redis.Redis, settings: Settings) -> None:
+    """4 real worker processes, all running before the first message arrives, with
+    worker.batch_size 2 so that no worker takes the whole line: they parse the NW (slow),
+    XO and CA/SC of an order at the same time and usually finish the CA first. The final
+    state must still be what the ACK order says, and more than one worker must have
+    parsed (the old version of this test started --burst workers on a full queue with
+    batches of 64, so one worker could parse everything alone and pass)."""
+    from rq import Queue, Worker
+
+    stream, expected = ordering_stream()
+    keys = Keys()
+    queue = Queue(keys.queue_name(), connection=redis_client)
+    procs = [
+        start_worker(settings.redis.url, MWL_BRIDGE_WORKER_BATCH_SIZE="2") for _ in range(4)
+    ]
     try:
+        assert wait_until(lambda: len(Worker.all(queue=queue)) == 4, 60), "workers did not start"
+        for raw in stream:
+            submit(redis_client, settings, raw)
+        assert wait_until(
+            lambda: redis_client.llen(keys.ingest_order) == 0 and queue.count == 0, 60
+        ), "the line was not applied"
         for p in procs:
-            p.wait(timeout=60)
+            p.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=30) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    assert all(p.returncode == 0 for p in procs), [p.stderr.read() for p in procs if p.stderr]
-    keys = Keys()
-    assert redis_client.llen(keys.ingest_order) == 0
+                p.wait(5)
+    assert codes == [0, 0, 0, 0], [p.stderr.read() for p in procs if p.stderr]
     assert deadletter.count(redis_client, keys) == 0
-    store = WorklistStore(redis_client, keys)
-    got = {}
-    for item in store.load(
-        sorted(m.decode() for m in redis_client.zrange(keys.index_start, 0, -1))
-    ):
-        got[item.attrs["PlacerOrderNumberImagingServiceRequest"]] = (
-            item.status, item.sps["ScheduledStationAETitle"])  # fmt: skip
-    assert got == expected
+    assert final_state(redis_client) == expected
+    workers_that_parsed = parsed_by(redis_client)
+    assert len(workers_that_parsed) > 1, workers_that_parsed
+    # Every message was parsed by some job: a batch carries at most 2.
+    assert sum(workers_that_parsed.values()) >= len(stream) / 2
+
+
+def test_the_ordering_check_rejects_a_line_applied_out_of_order(
+    redis_client: redis.Redis, settings: Settings
+) -> None:
+    """What the 4-worker test would see with the ordering removed (each message applied
+    when its parse finishes): the slow NW of an order lands after its XO and CA/SC. The
+    same stream in that order, applied by the real planner, gives another final state,
+    and the very check of the 4-worker test rejects it for each such order."""
+    from worker_helpers import run
+
+    stream, expected = ordering_stream()
+    slow = {raw for raw in stream if b"NTE|" in raw}
+    # Within each order's adjacent messages, the slow NW finishes parsing last.
+    reordered: list[bytes] = []
+    group: list[bytes] = []
+    for raw in [*stream, b""]:
+        if group and (raw == b"" or _placer(raw) != _placer(group[0])):
+            reordered += [m for m in group if m not in slow] + [m for m in group if m in slow]
+            group = []
+        if raw:
+            group.append(raw)
+    assert sorted(reordered) == sorted(stream) and reordered != stream
+    run(redis_client, settings, *reordered)
+    got = final_state(redis_client)
+    assert got != expected
+    wrong = {p for p in expected if got.get(p) != expected[p]}
+    assert wrong == {f"ORD{n}" for n in range(24) if n % 3 != 2}  # NW-first orders
+    # The XO's new room is lost: it came before its order existed.
+    assert all(got[p][1] == "CT_ROOM1" for p in wrong)
+
+
+def _placer(raw: bytes) -> bytes:
+    orc = next(seg for seg in raw.split(b"\r") if seg.startswith(b"ORC|"))
+    return orc.split(b"|")[2]
 
 
 @pytest.mark.slow
@@ -166,11 +228,17 @@ def test_mapping_test_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Scheduled Procedure Step Status     CS: 'SCHEDULED'" in out
     assert "WARNING: PatientBirthDate" in out
     assert main(["mapping", "test", mapping, str(SAMPLES / "orm_bad_modality.hl7")]) == 1
-    assert "HL7 error 103" in capsys.readouterr().out and True
+    assert "HL7 error 103" in capsys.readouterr().out
 
 
-def test_worker_needs_a_redis_url() -> None:
-    assert main(["worker", "--burst"]) == 2 or load_settings(env={}).redis.url
+def test_worker_needs_a_redis_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("MWL_BRIDGE_") or name == "REDIS_URL":
+            monkeypatch.delenv(name)
+    assert main(["worker", "--burst"]) == 2
+    assert "invalid setting redis.url" in capsys.readouterr().err
 
 
 def test_redis_down_is_transient_not_a_dead_letter(tmp_path: Path) -> None:

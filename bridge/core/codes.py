@@ -111,3 +111,55 @@ class CFindStatus(IntEnum):
     UNABLE_STORE_DATA_CORRUPT = 0xC102  # a stored item could not be read or encoded
     UNABLE_CHARSET = 0xC103  # response cannot be encoded in the forced character set
     UNABLE_INTERNAL = 0xC1FF  # any other unexpected failure, logged with a traceback
+
+
+# -- Specific Character Set (0008,0005) defined terms, PS3.3 C.12.1.1.2 ------------------
+#: Single-byte character sets without code extensions (Table C.12-2), in the table's
+#: order. ISO_IR 203 (Latin-9) is left out: pydicom 3.0 cannot decode it.
+CHARSETS_SINGLE_BYTE = (
+    "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127",
+    "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 13", "ISO_IR 166",
+)  # fmt: skip
+#: Single-byte character sets with code extensions (Table C.12-3): value 1 or an extension.
+CHARSETS_ISO2022_SINGLE_BYTE = (
+    "ISO 2022 IR 6", "ISO 2022 IR 100", "ISO 2022 IR 101", "ISO 2022 IR 109",
+    "ISO 2022 IR 110", "ISO 2022 IR 144", "ISO 2022 IR 127", "ISO 2022 IR 126",
+    "ISO 2022 IR 138", "ISO 2022 IR 148", "ISO 2022 IR 13", "ISO 2022 IR 166",
+)  # fmt: skip
+#: Multi-byte character sets with code extensions (Table C.12-4): never value 1.
+CHARSETS_ISO2022_MULTI_BYTE = ("ISO 2022 IR 87", "ISO 2022 IR 159", "ISO 2022 IR 149",
+                               "ISO 2022 IR 58")  # fmt: skip
+#: Multi-byte character sets without code extensions (Table C.12-5): the only value.
+CHARSETS_STAND_ALONE = ("ISO_IR 192", "GB18030", "GBK")
+#: The default repertoire (ISO-IR 6) named as one value: no (0008,0005) is sent for it.
+CHARSET_DEFAULT = "ISO_IR 6"
+
+
+def specific_character_set(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A (0008,0005) value (``\\``-separated or a list) as checked, normalised terms; ``()``
+    is the default repertoire. Raises ValueError naming the rule that is broken.
+
+    PS3.3 C.12.1.1.2: several values are the ISO 2022 code extension technique, value 1
+    (empty = ISO 2022 IR 6) is a single-byte set, the others are extensions; the sets of
+    Table C.12-5 allow no extensions. A lone multi-byte extension (``ISO 2022 IR 87``, as
+    operators tend to write it) gets the empty value 1 that the standard's examples use."""
+    terms = tuple(t.strip() for t in (value.split("\\") if isinstance(value, str) else value))
+    if terms in ((), ("",), (CHARSET_DEFAULT,)):
+        return ()
+    if len(terms) == 1:
+        term = terms[0]
+        if term in CHARSETS_ISO2022_MULTI_BYTE:
+            return ("", term)
+        if term in (*CHARSETS_SINGLE_BYTE, *CHARSETS_STAND_ALONE, *CHARSETS_ISO2022_SINGLE_BYTE):
+            return terms
+        raise ValueError(f"{term!r} is not a Specific Character Set defined term")
+    first, extensions = terms[0], terms[1:]
+    if first not in ("", *CHARSETS_ISO2022_SINGLE_BYTE):
+        raise ValueError(
+            f"value 1 {first!r} of a multi-valued Specific Character Set must be empty or an "
+            "ISO 2022 single-byte term (e.g. ISO 2022 IR 6)"
+        )
+    for term in extensions:
+        if term not in (*CHARSETS_ISO2022_SINGLE_BYTE, *CHARSETS_ISO2022_MULTI_BYTE):
+            raise ValueError(f"{term!r} is not an ISO 2022 code extension defined term")
+    return terms

@@ -95,6 +95,15 @@ PATIENT_EVENTS = Counter(
     ["event", "outcome"],
     registry=REGISTRY,
 )
+MESSAGES_LOST = Counter(
+    "mwl_messages_lost",
+    "ACKed messages that reached the head of the ingest line without their message hash "
+    "(expired, evicted or deleted: raw bytes gone, never applied), dead-lettered with "
+    "their id so the sender can be asked to resend; by reason (hash_missing). Any "
+    "increase means an order the sender was told is safe is not in the worklist.",
+    ["reason"],
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",
@@ -107,6 +116,14 @@ CFIND_DURATION = Histogram(
     "mwl_cfind_duration_seconds",
     "Time from C-FIND request to the final response.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    registry=REGISTRY,
+)
+RESPONSE_CHARSET_FALLBACKS = Counter(
+    "mwl_response_charset_fallbacks",
+    "Worklist items whose text the calling AE's forced response character set could not "
+    "represent, by action (skip: not sent; transliterate: sent with the characters "
+    "transliterated) and charset (the (0008,0005) value, from the settings).",
+    ["action", "charset"],
     registry=REGISTRY,
 )
 ASSOCIATIONS_OPEN = Gauge(

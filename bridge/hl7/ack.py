@@ -3,8 +3,9 @@
 Rules (HL7 v2.5 chapter 2.9 and 2.14–2.15; the same in 2.3–2.5.1 except where noted):
 
 * MSH-3/4 of the ACK are the inbound MSH-5/6 and vice versa; MSH-7 is now; MSH-10 is new;
-  MSH-11 and MSH-12 are copied; MSH-18 is echoed and the ACK is encoded in the inbound
-  charset; MSH-15/16 stay empty so nobody acknowledges an ACK.
+  MSH-11 and MSH-12 are copied; MSH-18 (every repetition) and MSH-20 are echoed and the
+  ACK is encoded with the inbound charset decision (ISO 2022 escapes included);
+  MSH-15/16 stay empty so nobody acknowledges an ACK.
 * MSH-9 is ``ACK^<trigger>^ACK`` from v2.4 on (the message structure component exists
   since 2.3.1 but 2.3-era receivers choke on it) and plain ``ACK`` before.
 * MSA-1 the code, MSA-2 the inbound MSH-10 exactly, MSA-3 a short text.
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from bridge.core.codes import AckCode, AckCondition, Hl7Error
-from bridge.hl7.msh import Msh, codec_for
+from bridge.hl7.charsets import CharsetError, decide
+from bridge.hl7.msh import Msh
 
 DEFAULT_VERSION = "2.5"
 _DEFAULT_VERSION_TUPLE = (2, 5)
@@ -168,7 +170,7 @@ def build_ack(
         msh9 = "ACK"
     stamp = now.strftime("%Y%m%d%H%M%S%z") if now else _now_stamp()
     processing = h.processing_id_raw or "P"
-    charset = h.charset
+    charset, scheme = h.charset, h.charset_scheme
     msh_fields = [
         "MSH",
         enc,
@@ -183,8 +185,10 @@ def build_ack(
         processing,
         version_raw,
     ]
-    if charset:
+    if charset or scheme:
         msh_fields += ["", "", "", "", "", charset]  # MSH-13..17 empty, MSH-18 echoed
+    if scheme:
+        msh_fields += ["", scheme]  # MSH-20: the ACK switches sets the same way
     segments = [fs.join(msh_fields)]
 
     if not code.is_positive and error is None:
@@ -204,6 +208,12 @@ def build_ack(
             ce = sub.join([str(int(error)), err_text, "HL70357"])
             segments.append(fs.join(["ERR", cs.join([seg, seq, fld, ce])]))
 
-    codec = h.codec if msh is not None else (codec_for(policy.default_charset) or "latin-1")
-    content = ("\r".join(segments) + "\r").encode(codec, errors="replace")
+    text = "\r".join(segments) + "\r"
+    if msh is not None:
+        content = msh.decision.encode(text)
+    else:
+        try:
+            content = decide("", "", policy.default_charset).encode(text)
+        except CharsetError:  # settings are checked at start; never fail a NAK on them
+            content = text.encode("latin-1", errors="replace")
     return Ack(code=code, content=content, send=should_send(code, msh, policy))

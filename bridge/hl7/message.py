@@ -11,7 +11,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bridge.hl7.escapes import unescape
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import MessageRejected
+from bridge.hl7.charsets import Decision
+from bridge.hl7.escapes import EscapeError, unescape
 
 
 @dataclass
@@ -120,8 +123,8 @@ class Message:
     segments: list[Segment]
     enc: str
     version: str
-    charset: str  # HL7 table 0211 name used to decode
-    codec: str
+    #: The charset decision the message was decoded with (the listener's, recorded).
+    decision: Decision
     _by_name: dict[str, list[Segment]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -140,8 +143,17 @@ class Message:
     def subc(self) -> str:
         return self.enc[3] if len(self.enc) > 3 else "&"
 
+    @property
+    def charset(self) -> str:
+        """The table 0211 name(s) decoded with, e.g. ``8859/1`` or ``ASCII~ISO IR87``."""
+        return self.decision.label
+
     def unescape(self, value: str) -> str:
-        return unescape(value, self.enc, self.codec)
+        try:
+            return unescape(value, self.enc, self.decision.decode_fragment)
+        except EscapeError as exc:
+            # The listener refuses such messages at ACK time; this is for older ones.
+            raise MessageRejected(str(exc), Hl7Error.DATA_TYPE, "") from None
 
     def leaf(self, raw: str) -> str:
         """The unescaped first subcomponent of a component string."""

@@ -2,11 +2,14 @@
 
 The steps, in order (each a function so tests and ``mapping test`` can reuse them):
 
-1. :func:`read_msh` reads MSH from the *bytes* (the delimiters and MSH-18 are ASCII in
-   every charset HL7 allows on MLLP), so the charset is known before decoding.
-2. :func:`decode` maps the HL7 table 0211 name in MSH-18 (or the sender's default when
-   MSH-18 is empty) to a Python codec and decodes strictly; bad bytes are a rejection
-   (HL7 102), an unknown charset name too (103 at MSH-18).
+1. :func:`bridge.hl7.msh.split_msh` reads the MSH delimiters from the *bytes*.
+2. :func:`decode` decodes the whole message with the listener's charset decision (the
+   ``charset_used`` it recorded at ACK time, :mod:`bridge.hl7.charsets`); a message
+   stored by an older release has none, and the same decision is then made here from
+   MSH-18/MSH-20 and the same settings. Strict: an unknown charset is HL7 103, bytes
+   that do not decode are 102. The whole message is decoded *before* it is split on
+   delimiters: with ISO 2022 (MSH-20) a 7-bit JIS X 0208 run holds ``| ^ ~ \\ &``
+   bytes as halves of kanji.
 3. :func:`normalise` turns CRLF / LF segment separators into CR (hl7apy and python-hl7
    silently mis-parse anything else) and :func:`coerce_version` maps MSH-12 oddities such
    as ``2.3.0`` or ``2.9`` to a version hl7apy has a model for.
@@ -21,86 +24,46 @@ The steps, in order (each a function so tests and ``mapping test`` can reuse the
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from bridge.core.codes import Hl7Error
 from bridge.core.errors import MessageRejected
-from bridge.hl7.charsets import CHARSETS
+from bridge.hl7.charsets import DEFAULT_CHARSET, CharsetError, Decision, DecodeError
 from bridge.hl7.message import Message, split_segments
+from bridge.hl7.msh import MshError, RawMsh, decision_for, split_msh
 
 #: Versions with an ORM^O01 model in hl7apy, oldest first (ORM was withdrawn after 2.5.1).
 SUPPORTED_VERSIONS: tuple[str, ...] = ("2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1")
 
 
-@dataclass(frozen=True)
-class Msh:
-    """What the bytes say before decoding: delimiters, MSH-18, MSH-12, MSH-3/4."""
-
-    field_sep: str
-    encoding_chars: str
-    charset: str
-    version: str
-    sending_app: str
-    sending_facility: str
-
-
-def read_msh(raw: bytes) -> Msh:
-    """Read delimiters and the ASCII MSH fields from raw bytes (first segment only)."""
+def read_head(raw: bytes) -> RawMsh:
+    """The MSH delimiters and fields as bytes; no MSH is a rejection (HL7 100)."""
     start = raw.find(b"MSH")
-    if start < 0 or len(raw) < start + 8:
-        raise MessageRejected(
-            "message does not start with an MSH segment", Hl7Error.SEGMENT_SEQUENCE, "MSH"
-        )
-    line = re.split(rb"[\r\n]", raw[start:], maxsplit=1)[0]
-    sep = line[3:4]
-    fields = line.split(sep)
-    enc = fields[1].decode("ascii", "replace") if len(fields) > 1 else "^~\\&"
-
-    def get(n: int) -> str:
-        # fields[0] is "MSH", fields[1] is MSH-2; MSH-n is fields[n - 1].
-        if len(fields) <= n - 1:
-            return ""
-        return fields[n - 1].decode("ascii", "replace").strip()
-
-    rep = enc[1] if len(enc) > 1 else "~"
-    comp = enc[0] if enc else "^"
-    charset = get(18).split(rep)[0].strip()
-    return Msh(
-        field_sep=sep.decode("ascii", "replace"),
-        encoding_chars=enc,
-        charset=charset,
-        version=get(12).split(comp)[0].strip(),
-        sending_app=get(3),
-        sending_facility=get(4),
-    )
-
-
-def codec_for(charset: str) -> str:
-    """The Python codec for an HL7 table 0211 name; unknown names are a rejection."""
-    codec = CHARSETS.get(charset.strip().upper())
-    if codec is None:
-        raise MessageRejected(
-            "MSH-18 names a character set not in HL7 table 0211",
-            Hl7Error.TABLE_VALUE_NOT_FOUND,
-            "MSH-18",
-        )
-    return codec
-
-
-def decode(raw: bytes, charset: str, default_charset: str) -> tuple[str, str]:
-    """Decode ``raw`` by MSH-18 ``charset`` (or ``default_charset`` when empty).
-
-    Returns (text, the HL7 charset name used). Undecodable bytes are rejected, never
-    replaced: a silently mangled patient name is worse than an AE.
-    """
-    name = charset or default_charset
-    codec = codec_for(name)
     try:
-        return raw.decode(codec), name
-    except UnicodeDecodeError:
+        return split_msh(raw[start:] if start >= 0 else raw)
+    except MshError as exc:
+        raise MessageRejected(exc.reason, Hl7Error.SEGMENT_SEQUENCE, "MSH") from None
+
+
+def decide(
+    head: RawMsh, default_charset: str, sender_charsets: Mapping[str, str] | None = None
+) -> Decision:
+    """The charset decision for a message without a recorded one (stored by a release
+    before the listener recorded it): the listener's own rule. Unknown name → 103."""
+    try:
+        return decision_for(head, default_charset, sender_charsets)
+    except CharsetError as exc:
+        raise MessageRejected(exc.reason, Hl7Error.TABLE_VALUE_NOT_FOUND, exc.location) from None
+
+
+def decode(raw: bytes, decision: Decision, escape_char: str = "\\") -> str:
+    """Decode ``raw`` with ``decision``; bytes that do not decode are rejected (102),
+    never replaced: a silently mangled patient name is worse than an AE."""
+    try:
+        return decision.decode(raw, escape_char)
+    except DecodeError as exc:
         raise MessageRejected(
-            f"message bytes are not valid {name} (MSH-18 or the sender's default charset)",
+            f"message bytes are not valid {decision.label}: {exc.reason}",
             Hl7Error.DATA_TYPE,
             "MSH-18",
         ) from None
@@ -157,24 +120,35 @@ def _hl7apy_parse(text: str) -> object:
     return parse_message(text, find_groups=False, validation_level=VALIDATION_LEVEL.TOLERANT)
 
 
-def parse(raw: bytes, default_charset: str = "8859/1") -> Message:
-    """Decode, normalise, coerce the version, parse once with hl7apy; see the module doc."""
-    msh = read_msh(raw)
-    text, charset = decode(raw[raw.find(b"MSH") :], msh.charset, default_charset)
+def parse(
+    raw: bytes,
+    decision: Decision | None = None,
+    default_charset: str = DEFAULT_CHARSET,
+    sender_charsets: Mapping[str, str] | None = None,
+) -> Message:
+    """Decode (with ``decision``, else the listener's rule over ``default_charset`` and
+    ``sender_charsets``), normalise, coerce the version, parse once with hl7apy; see the
+    module doc."""
+    head = read_head(raw)
+    if decision is None:
+        decision = decide(head, default_charset, sender_charsets)
+    enc = head.encoding_chars
+    start = raw.find(b"MSH")
+    text = decode(raw[start:], decision, enc[2:3])
     text = normalise(text)
-    enc = msh.encoding_chars
-    if len(enc) < 3 or len(set(enc + msh.field_sep)) != len(enc) + 1:
+    if len(enc) < 3:
         raise MessageRejected("MSH-1/MSH-2 delimiters are invalid", Hl7Error.DATA_TYPE, "MSH-2")
-    version = coerce_version(msh.version)
-    segments = split_segments(text, enc, msh.field_sep)
-    if msh.version != version:
+    sent_version = head.text(12).split(enc[0])[0].strip()
+    version = coerce_version(sent_version)
+    segments = split_segments(text, enc, head.field_sep)
+    if sent_version != version:
         # Tell hl7apy the version we coerced to; the stored raw copy keeps the original.
         msh_fields = segments[0].fields
         while len(msh_fields) <= 12:
             msh_fields.append("")
         comps = msh_fields[12].split(enc[0])
         msh_fields[12] = enc[0].join([version, *comps[1:]])
-        first = msh.field_sep.join(["MSH", *msh_fields[2:]])
+        first = head.field_sep.join(["MSH", *msh_fields[2:]])
         text = "\r".join([first, *text.split("\r")[1:]])
     try:
         parsed = _hl7apy_parse(text)
@@ -189,4 +163,4 @@ def parse(raw: bytes, default_charset: str = "8859/1") -> Message:
             Hl7Error.SEGMENT_SEQUENCE,
             "",
         )
-    return Message(segments, enc, version, charset, codec_for(charset))
+    return Message(segments, enc, version, decision)

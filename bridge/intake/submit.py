@@ -68,9 +68,12 @@ class IntakeRecord:
     control_id: str  # MSH-10
     message_type: str  # MSH-9.1^MSH-9.2, e.g. "ORM^O01"
     version: str  # MSH-12 normalised ("2.3.0" → "2.3")
-    charset: str = ""  # MSH-18 as received, "" when absent
+    charset: str = ""  # MSH-18 as received (every repetition), "" when absent
     processing_id: str = "P"  # MSH-11 as received
     ack_mode: str = "commit"  # "commit" | "application"
+    #: The listener's charset decision (``Decision.to_record()``): the worker decodes
+    #: with exactly this. "" = not decided (records written by older releases).
+    charset_used: str = ""
 
     @classmethod
     def from_msh(
@@ -91,6 +94,7 @@ class IntakeRecord:
             charset=h.charset,
             processing_id=h.processing_id_raw,
             ack_mode=ack_mode,
+            charset_used=h.decision.to_record(),
         )
 
     @property
@@ -103,7 +107,7 @@ class IntakeRecord:
         return hashlib.sha256(self.raw).hexdigest()
 
     def to_hash(self) -> dict[str, bytes | str]:
-        return {
+        fields: dict[str, bytes | str] = {
             "raw": self.raw,
             "received_at": repr(self.received_at),
             "peer": self.peer,
@@ -118,6 +122,9 @@ class IntakeRecord:
             "processing_id": self.processing_id,
             "ack_mode": self.ack_mode,
         }
+        if self.charset_used:
+            fields["charset_used"] = self.charset_used
+        return fields
 
 
 def submit(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from bridge.core.codes import Hl7Error
 from bridge.core.settings import MllpSettings
+from bridge.hl7.charsets import DecodeError
+from bridge.hl7.escapes import first_bad_escape
 from bridge.hl7.msh import Msh
 
 
@@ -63,15 +65,23 @@ def check_header(h: Msh, m: MllpSettings) -> Refusal | None:
 
 
 def check_decodable(content: bytes, h: Msh, m: MllpSettings) -> Refusal | None:
-    """The whole message must decode in its declared (or the default) charset."""
+    """The whole message must decode with the charset decision the listener records
+    (MSH-18/MSH-20, else the sender's or the default charset), escape sequences
+    included, and every ``\\X..\\`` escape must decode too: whatever is ACKed AA, the
+    worker can read (HL7 102 otherwise, never a later dead letter)."""
     try:
-        content.decode(h.codec)
-    except UnicodeDecodeError as exc:
-        return Refusal(
-            Hl7Error.DATA_TYPE,
-            f"byte not valid in {h.charset or m.default_charset} at offset {exc.start}",
-            "",
-            "charset",
-            reject=False,
-        )
-    return None
+        text = h.decision.decode(content, h.escape_char)
+    except DecodeError as exc:
+        reason = exc.reason
+    else:
+        decode = h.decision.decode_fragment
+        reason = first_bad_escape(text, h.field_sep, h.encoding_chars, decode)
+        if not reason:
+            return None
+    return Refusal(
+        Hl7Error.DATA_TYPE,
+        f"{reason} (character set {h.decision.label})",
+        "",
+        "charset",
+        reject=False,
+    )

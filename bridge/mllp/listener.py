@@ -39,6 +39,7 @@ from bridge.core.errors import ConfigError, StoreUnavailable
 from bridge.core.logs import fields
 from bridge.core.settings import Settings
 from bridge.hl7.ack import AckPolicy, Outcome, build_ack
+from bridge.hl7.charsets import check_settings as check_charsets
 from bridge.hl7.msh import Msh, MshError, read_msh
 from bridge.intake import deadletter
 from bridge.intake.submit import AppResult, IntakeRecord, SubmitKind, submit
@@ -212,7 +213,6 @@ class Listener:
                     "mllp.bind.retry", extra=fields(host=m.host, port=m.port, error=str(exc))
                 )
                 await asyncio.sleep(1.0)
-        await self._check_durability()
         log.info(
             "mllp.listening",
             extra=fields(
@@ -254,24 +254,6 @@ class Listener:
     async def _run_sync(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(func, *args, **kwargs))
-
-    async def _check_durability(self) -> None:
-        """Warn loudly when Redis would lose ACKed messages on a crash."""
-
-        def read() -> dict[str, str]:
-            out = {}
-            for name in ("appendonly", "appendfsync"):
-                value = self.client.config_get(name).get(name)
-                out[name] = value.decode() if isinstance(value, bytes) else str(value)
-            return out
-
-        try:
-            conf = await self._run_sync(read)
-        except redis.RedisError as exc:
-            log.warning("mllp.redis.unchecked", extra=fields(error=str(exc)))
-            return
-        if conf.get("appendonly") != "yes" or conf.get("appendfsync") != "always":
-            log.warning("mllp.redis.not_durable", extra=fields(**conf, wanted="yes/always"))
 
     # -- connections -------------------------------------------------------------------
     async def _on_connection(
@@ -475,21 +457,25 @@ class Listener:
         content = frame.content
         received_at = time.time()
         try:
-            h = read_msh(content, m.default_charset)
+            h = read_msh(content, m.default_charset, m.sender_charsets)
         except MshError as exc:
-            outcome, error, location = {
-                MshError.UNKNOWN_CHARSET: (Outcome.ERROR, Hl7Error.TABLE_VALUE_NOT_FOUND, "MSH-18"),
-                MshError.UNDECODABLE: (Outcome.ERROR, Hl7Error.DATA_TYPE, ""),
-            }.get(exc.kind, (Outcome.REJECTED, Hl7Error.SEGMENT_SEQUENCE, ""))
+            # A charset refusal is decided here, at ACK time, never by a worker later:
+            # unknown/refused name → 103 at MSH-18/MSH-20, undecodable MSH → 102.
+            outcome, error, label = {
+                MshError.UNKNOWN_CHARSET: (
+                    Outcome.ERROR, Hl7Error.TABLE_VALUE_NOT_FOUND, "charset"
+                ),
+                MshError.UNDECODABLE: (Outcome.ERROR, Hl7Error.DATA_TYPE, "charset"),
+            }.get(exc.kind, (Outcome.REJECTED, Hl7Error.SEGMENT_SEQUENCE, "bad_msh"))  # fmt: skip
             return Verdict(
                 outcome,
                 exc.partial,
                 error,
                 text=exc.reason,
-                location=location,
+                location=exc.location,
                 note="unreadable",
                 dead_reason=exc.reason,
-                reject="bad_msh",
+                reject=label,
             )
         if frame.missing_final_cr and not m.accept_missing_final_cr:
             reason = "frame ended without the final CR (mllp.accept_missing_final_cr is off)"
@@ -715,7 +701,8 @@ class Listener:
     # -- failures ------------------------------------------------------------------------
     async def _oversize(self, conn: _Connection, event: framing.Oversize) -> None:
         try:
-            h: Msh | None = read_msh(event.head, self.settings.mllp.default_charset)
+            m = self.settings.mllp
+            h: Msh | None = read_msh(event.head, m.default_charset, m.sender_charsets)
         except MshError as exc:
             h = exc.partial
         reason = f"frame larger than {event.limit} bytes (first {event.limit} bytes kept)"
@@ -730,7 +717,7 @@ class Listener:
             if not isinstance(event, framing.Abandoned):
                 continue
             try:
-                h: Msh | None = read_msh(event.content, m.default_charset)
+                h: Msh | None = read_msh(event.content, m.default_charset, m.sender_charsets)
             except MshError as exc:
                 h = exc.partial
             reason = f"incomplete frame: no end block within {m.frame_timeout_s} s"
@@ -801,3 +788,4 @@ def check_settings(settings: Settings) -> None:
             "redis.url", "listen needs --redis-url (mwl-bridge run starts an embedded Redis)"
         )
     tls_context(settings)  # unreadable TLS files
+    check_charsets(settings.mllp)  # a default charset the table does not know

@@ -9,7 +9,9 @@ The output is for an operator's terminal, not for logs: ``worklist list`` shows 
 ids and accession numbers and ``deadletter show`` the raw message, because that is what
 the person on call needs to find an order. Nothing here logs patient data.
 
-``deadletter replay`` is not here yet: it needs the listener's intake path.
+``worklist delete`` and ``purge`` write under the workers' apply lock
+(:mod:`bridge.ops.worklist_edit`); ``deadletter replay`` queues through the listener's
+own header gate and intake write (:mod:`bridge.intake.submit`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -30,11 +32,12 @@ from bridge.hl7.msh import MshError, read_msh
 from bridge.intake import deadletter
 from bridge.intake.submit import IntakeRecord, submit
 from bridge.mllp.gate import check_decodable, check_header
+from bridge.ops import worklist_edit
 from bridge.store import embedded_redis
 from bridge.store.connections import sync_client
 from bridge.store.item import WorklistItem, to_dataset
 from bridge.store.keys import Keys
-from bridge.store.worklist_store import CandidateQuery, WorklistStore, status_counts
+from bridge.store.worklist_store import CandidateQuery, FenceLost, WorklistStore, status_counts
 
 EXIT_NOT_FOUND = 1
 EXIT_UNAVAILABLE = 1
@@ -165,39 +168,85 @@ def worklist_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def worklist_delete(settings: Settings, args: argparse.Namespace) -> int:
+def _locked_delete(
+    settings: Settings, args: argparse.Namespace, select: Callable[[WorklistStore], list[str]]
+) -> tuple[list[str], worklist_edit.Deleted] | int:
+    """Under the workers' apply lock: the ids ``select`` picks, deleted with the order
+    states they leave behind (:mod:`bridge.ops.worklist_edit`); an exit code on failure."""
     client, keys = _open(settings)
     store = WorklistStore(client, keys)
+    wait_s = float(args.lock_wait)
     try:
-        if store.get(args.item_id) is None:
-            return _fail(f"no worklist item {args.item_id}", EXIT_NOT_FOUND)
-        store.delete([args.item_id])
+        with worklist_edit.apply_lock(
+            client, keys, settings.worker.apply_lock_ttl_s, wait_s
+        ) as token:
+            ids = select(store)
+            items = list(store.load(ids))
+            return ids, worklist_edit.delete_items(client, store, items, token)
+    except worklist_edit.LockBusy as exc:
+        return _fail(str(exc))
+    except FenceLost:
+        return _fail(
+            "the apply lock expired during the delete and a worker took over; "
+            "what was not written is left as it was: run the command again"
+        )
     except StoreUnavailable as exc:
         return _fail(str(exc))
-    print(f"deleted {args.item_id}")
+
+
+def _order_note(deleted: worklist_edit.Deleted) -> str:
+    if not deleted.order_states:
+        return ""
+    return f"\nremoved {deleted.order_states} order state record(s) left without items"
+
+
+def worklist_delete(settings: Settings, args: argparse.Namespace) -> int:
+    """Delete one item, under the workers' apply lock; an order left without items loses
+    its state records too (:mod:`bridge.ops.worklist_edit`)."""
+
+    def select(store: WorklistStore) -> list[str]:
+        return [args.item_id] if store.get(args.item_id) is not None else []
+
+    result = _locked_delete(settings, args, select)
+    if isinstance(result, int):
+        return result
+    ids, deleted = result
+    if not ids:
+        return _fail(f"no worklist item {args.item_id}", EXIT_NOT_FOUND)
+    print(f"deleted {args.item_id}{_order_note(deleted)}")
     return 0
 
 
 def worklist_purge(settings: Settings, args: argparse.Namespace) -> int:
     """Delete every item whose SPS start date is before ``--before`` (items without a
-    valid date are kept: they need a human, not a sweep)."""
+    valid date are kept: they need a human, not a sweep), under the workers' apply lock
+    like ``delete``; ``--dry-run`` only counts (no lock)."""
     before = args.before
     if len(before) != 8 or not before.isdigit():
         raise ConfigError("--before", f"{before!r} is not a date YYYYMMDD")
-    client, keys = _open(settings)
-    store = WorklistStore(client, keys)
     query = CandidateQuery(start_min=10000101000000, start_max=int(before + "000000") - 1)
-    try:
-        ids = store.candidate_ids(query)
-        deleted = 0 if args.dry_run else store.delete(ids)
-    except StoreUnavailable as exc:
-        return _fail(str(exc))
+    orders = 0
+    if args.dry_run:
+        client, keys = _open(settings)
+        try:
+            ids = WorklistStore(client, keys).candidate_ids(query)
+        except StoreUnavailable as exc:
+            return _fail(str(exc))
+        deleted = 0
+    else:
+        result = _locked_delete(settings, args, lambda store: store.candidate_ids(query))
+        if isinstance(result, int):
+            return result
+        ids, done = result
+        deleted, orders = done.items, done.order_states
     verb = "would delete" if args.dry_run else "deleted"
+    note = f"; removed {orders} order state record(s) left without items" if orders else ""
     _emit(
-        {"before": before, "dry_run": args.dry_run, "matched": len(ids), "deleted": deleted},
+        {"before": before, "dry_run": args.dry_run, "matched": len(ids), "deleted": deleted,
+         "order_states_removed": orders},
         args.json,
-        f"{verb} {len(ids)} item(s) scheduled before {before}",
-    )
+        f"{verb} {len(ids)} item(s) scheduled before {before}{note}",
+    )  # fmt: skip
     return 0
 
 
@@ -293,7 +342,8 @@ def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
     m = settings.mllp
     try:
-        h = read_msh(letter.raw, m.default_charset)
+        # The listener's charset decision too: the record carries it for the worker.
+        h = read_msh(letter.raw, m.default_charset, m.sender_charsets)
     except MshError as exc:
         return _fail(f"not replayed: the MSH is still unreadable: {exc.reason}", EXIT_REFUSED)
     refusal = check_header(h, m) or check_decodable(letter.raw, h, m)

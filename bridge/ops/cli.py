@@ -18,6 +18,8 @@ from bridge import __version__
 from bridge.core.errors import ConfigError
 from bridge.core.logs import configure
 from bridge.core.settings import Settings, load_settings
+from bridge.hl7.charsets import check_settings as check_charsets
+from bridge.ops.worklist_edit import LOCK_WAIT_S
 
 EXIT_CONFIG = 2
 
@@ -150,12 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(p)
     p.add_argument("item_id", metavar="ID")
     p.add_argument("--json", action="store_true")
-    p = wsub.add_parser("delete", help="delete one item")
+    lock_wait = {
+        "type": float,
+        "default": LOCK_WAIT_S,
+        "metavar": "SECONDS",
+        "help": f"wait this long for the workers' apply lock (default {LOCK_WAIT_S:g})",
+    }
+    p = wsub.add_parser("delete", help="delete one item (under the workers' apply lock)")
     _add_settings_flags(p)
     p.add_argument("item_id", metavar="ID")
+    p.add_argument("--lock-wait", **lock_wait)  # type: ignore[arg-type]
     p = wsub.add_parser("purge", help="delete items scheduled before a date")
     _add_settings_flags(p)
     p.add_argument("--before", required=True, metavar="YYYYMMDD")
+    p.add_argument("--lock-wait", **lock_wait)  # type: ignore[arg-type]
     p.add_argument("--dry-run", action="store_true", help="count, do not delete")
     p.add_argument("--json", action="store_true")
 
@@ -183,7 +193,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for name, value in vars(args).items()
         if name.startswith("set:") and value is not None
     }
-    return load_settings(flags, config_file=getattr(args, "config", None))
+    settings = load_settings(flags, config_file=getattr(args, "config", None))
+    # The charset names are checked against the table in bridge.hl7 (core, which loads
+    # settings, cannot import it): every verb exits 2 on a name neither stage can decode.
+    check_charsets(settings.mllp)
+    return settings
 
 
 def _resolve(verb: str) -> Callable[[Settings, argparse.Namespace], int]:

@@ -47,8 +47,9 @@ def test_command(settings: Settings, args: argparse.Namespace) -> int:
     with open(args.message, "rb") as fh:
         raw = fh.read()
     try:
-        default_charset = mapping.default_charset or settings.worker.default_charset
-        msg = hl7parse.parse(raw, default_charset)
+        # The listener's charset rule with the same settings: what it would decide.
+        m = settings.mllp
+        msg = hl7parse.parse(raw, None, m.default_charset, m.sender_charsets)
         result = map_message(msg, mapping, settings.worker.local_timezone)
     except PermanentError as exc:
         print(

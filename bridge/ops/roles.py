@@ -1,7 +1,9 @@
 """The long-running roles as CLI verbs: ``listen``, ``worker``, ``scp``.
 
 Each verb checks its settings first (a ConfigError is exit code 2, before anything
-starts), then runs the stage's own loop inside a :class:`RoleRuntime` (heartbeat,
+starts), then the Redis server (:mod:`bridge.store.redis_checks`: a server that may evict
+ACKed orders is refused, one that may lose them on a crash is logged at WARNING), then
+runs the stage's own loop inside a :class:`RoleRuntime` (heartbeat,
 ``/metrics``, ``/readyz``), so no stage imports ``ops``. ``mwl-bridge run`` starts these
 verbs as its children (:mod:`bridge.ops.supervisor`).
 """
@@ -23,6 +25,7 @@ from bridge.core.settings import Settings
 from bridge.mllp import listener
 from bridge.ops.role_runtime import RoleRuntime
 from bridge.scp.server import MwlScp
+from bridge.store import redis_checks
 from bridge.worker import rq_worker
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ def running_role(settings: Settings, role: str) -> Iterator[RoleRuntime]:
 def listen_command(settings: Settings, args: argparse.Namespace) -> int:
     """``mwl-bridge listen``: serve until SIGINT/SIGTERM, then drain and exit 0."""
     listener.check_settings(settings)
+    redis_checks.check_at_start(settings.redis)
     with running_role(settings, "listener"):
         return asyncio.run(listener.serve_until_signal(settings))
 
@@ -48,6 +52,7 @@ def worker_command(settings: Settings, args: argparse.Namespace) -> int:
     """``mwl-bridge worker [--burst]``: an rq worker until SIGTERM (rq's warm shutdown:
     the current job finishes first) or, with ``--burst``, until the queue is empty."""
     ctx = rq_worker.install(settings)
+    redis_checks.check_at_start(settings.redis)
     with running_role(settings, "worker"):
         return rq_worker.work(ctx, burst=bool(args.burst))
 
@@ -55,6 +60,7 @@ def worker_command(settings: Settings, args: argparse.Namespace) -> int:
 def scp_command(settings: Settings, args: argparse.Namespace) -> int:
     """``mwl-bridge scp``: serve until SIGINT/SIGTERM, then shut down cleanly."""
     scp = MwlScp(settings)
+    redis_checks.check_at_start(settings.redis)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -2,7 +2,9 @@
 
 What it does, in order:
 
-1. With no ``redis.url`` it starts the embedded redis-server (:mod:`bridge.store.embedded_redis`).
+1. With no ``redis.url`` it starts the embedded redis-server (:mod:`bridge.store.embedded_redis`),
+   then checks the server (:mod:`bridge.store.redis_checks`: eviction refused with exit 2,
+   a durability gap logged at WARNING).
 2. It writes the merged settings (file + env + flags, Redis URL filled in) to a private
    TOML file and starts ``python -m bridge listen``, ``worker.workers`` times
    ``python -m bridge worker`` and ``python -m bridge scp`` with ``--config`` pointing
@@ -52,6 +54,7 @@ from bridge.core.lifeline import die_with_parent
 from bridge.core.logs import fields
 from bridge.core.settings import DEFAULT_CONFIG_ENV, ENV_ALIASES, ENV_PREFIX, Settings, mask_url
 from bridge.ops import redis_metrics
+from bridge.store import redis_checks
 from bridge.store.connections import sync_client
 from bridge.store.embedded_redis import EmbeddedRedis
 from bridge.store.keys import Keys
@@ -309,6 +312,15 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
         )
         if metrics_dir is not None:
             server = _serve_metrics(settings, url, metrics_dir, supervisor, redis_server)
+
+        # After the metrics port (a setting error found without Redis, and /readyz says
+        # "redis": false while we wait), before any child: the children check again
+        # (each role does), but a refusal here is one line and exit 2 before anything
+        # starts. The embedded server is ours (AOF always, noeviction) and checked all
+        # the same, it is cheap.
+        redis_checks.check_at_start(settings.redis, url, stop=stop)
+        if stop.is_set():
+            return 0
 
         config_desc = (
             getattr(args, "config", None)

@@ -1,7 +1,8 @@
 """The DICOM side: the SCP's Application Entity (``server``), its event handlers
 (``handlers``), the identifier parsed into a query (``query``), PS3.4 matching
-(``matching``, pure), encoded responses (``response``) and pynetdicom's internals
-behind a version guard (``pynetdicom_compat``).
+(``matching``, pure), encoded responses (``response``) with their character sets
+(``charsets``: choice and ISO 2022 encoding; ``transliteration``) and pynetdicom's
+internals behind a version guard (``pynetdicom_compat``).
 
 Takes in: DICOM associations and C-FIND identifiers. Hands on: Pending/final responses
 built from the store. May import: ``core``, ``store``, ``intake``; never ``worker``

@@ -32,7 +32,13 @@ from bridge.core.settings import ScpSettings
 from bridge.scp import pynetdicom_compat
 from bridge.scp.matching import MatchOptions, matches
 from bridge.scp.query import QueryError, WorklistQuery, parse_identifier
-from bridge.scp.response import ResponseCache, ResponseError, encoded_response
+from bridge.scp.response import (
+    CharsetPolicy,
+    ResponseCache,
+    ResponseError,
+    UnrepresentableText,
+    encoded_response,
+)
 from bridge.store.item import WorklistItem
 from bridge.store.worklist_store import WorklistStore
 
@@ -211,18 +217,23 @@ def _find(
         source = ((r, it) for r, it in _items(store, ids) if _visible(it, query, options))
 
     pending = CFindStatus.PENDING_WARNING if query.unsupported else CFindStatus.PENDING
-    policy = settings.response_charset_by_ae.get(calling, settings.response_charset)
+    policy = CharsetPolicy.for_calling_ae(settings, calling)
     implicit = bool(event.context.transfer_syntax.is_implicit_VR)
     sent = 0
     skipped = 0
+    transliterated = 0
     for raw, item in source:
         try:
-            identifier = encoded_response(raw, item.attrs, query, policy, implicit, cache)
+            identifier, response = encoded_response(raw, item.attrs, query, policy, implicit, cache)
         except ResponseError as exc:
             # One unencodable item must not take the whole worklist down: skip it and
             # say so (no patient data in the log, only the item id).
             skipped += 1
-            log.error("cfind.item_skipped", extra=fields(item_id=item.item_id, reason=str(exc)))
+            why: dict[str, Any] = {"item_id": item.item_id, "reason": str(exc)}
+            if isinstance(exc, UnrepresentableText):
+                why["charset"] = exc.charset
+                metrics.RESPONSE_CHARSET_FALLBACKS.labels(action="skip", charset=exc.charset).inc()
+            log.error("cfind.item_skipped", extra=fields(**why))
             continue
         if sent % _DRAIN_EVERY == 0:
             pynetdicom_compat.wait_for_send_queue(event.assoc)
@@ -230,9 +241,25 @@ def _find(
             outcome.update(status="FE00", matches=sent)
             yield CFindStatus.CANCEL, None
             return
+        changed = response.transliterated
+        if changed.characters:
+            # Sent, but not as stored: say which item and attributes (never the values).
+            transliterated += 1
+            metrics.RESPONSE_CHARSET_FALLBACKS.labels(
+                action="transliterate", charset=response.charset
+            ).inc()
+            log.warning(
+                "cfind.item_transliterated",
+                extra=fields(
+                    item_id=item.item_id,
+                    charset=response.charset,
+                    keys=",".join(changed.keywords),
+                    characters=changed.characters,
+                ),
+            )
         sent += 1
         yield pending, identifier
-    outcome.update(matches=sent, skipped=skipped)
+    outcome.update(matches=sent, skipped=skipped, transliterated=transliterated)
     if event.is_cancelled:
         outcome["status"] = "FE00"
         yield CFindStatus.CANCEL, None

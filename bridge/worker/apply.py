@@ -4,7 +4,8 @@ the ingest line (:mod:`bridge.worker.sequencer` explains why and how).
 ``lua/acquire.lua`` stores outcomes and takes the lock in one round trip;
 ``lua/finalize.lua`` writes a planned run (items, order states, pops) fenced by the lock
 token and hands back the next run; ``lua/release_peek.lua`` releases and looks again so
-no wake-up is lost.
+no wake-up is lost; ``lua/drop_missing_head.lua`` dead-letters and pops a head whose
+message hash is gone.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
+from bridge.core import metrics
 from bridge.core.codes import Hl7Error
 from bridge.core.errors import TransientError
 from bridge.core.logs import fields, log_failure
 from bridge.core.settings import WorkerSettings
+from bridge.intake import deadletter
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import batch_doc
+from bridge.worker import migrations
 from bridge.worker.background import BackgroundApplier
 from bridge.worker.lifecycle import Planner, emit_logs
 from bridge.worker.mapping.apply import MappingResult, order_aliases
@@ -84,6 +88,7 @@ class RunApply:
     _acquire: Script
     _release_peek: Script
     _finalize: Script
+    _drop_missing: Script
     _reject: Callable[..., None]  # BatchParse's
 
     def apply_in_background(self) -> None:
@@ -123,10 +128,17 @@ class RunApply:
             token = uuid.uuid4().hex
             outcomes = json.dumps([[mid, doc] for mid, doc in store or ()], ensure_ascii=False)
             acquired, head_raw, run, seq = self._acquire(
-                keys=[k.apply_lock, k.ingest_order, k.sequence],
-                args=[token, lock_ms, prefix, k.message(""), batch_key, APPLY_RUN, outcomes],
-            )
+                keys=[k.apply_lock, k.ingest_order, k.sequence, k.schema],
+                args=[token, lock_ms, prefix, k.message(""), batch_key, APPLY_RUN, outcomes,
+                      migrations.SCHEMA_VERSION],
+            )  # fmt: skip
             store, batch_key = None, ""
+            if acquired == -3:
+                # A store of the previous layout: upgrade it first (under the lock; if
+                # another worker holds the lock, it does or the next attempt will).
+                if migrations.upgrade(self.r, k) is None:
+                    return applied
+                continue
             if not acquired:
                 return applied  # the holder checks the head again before it releases
             held = True
@@ -135,25 +147,9 @@ class RunApply:
                     if run:
                         entries, logs = self._plan_run(run, int(seq))
                     elif held and head_raw and not self.r.exists(k.message(head_raw.decode())):
-                        # Nothing will ever parse it: log loudly and move on.
-                        head = head_raw.decode()
-                        log.error("head.message_missing", extra=fields(message_id=head))
-                        entries, logs = (
-                            [
-                                {
-                                    "h": head,
-                                    "s": [],
-                                    "b": False,
-                                    "v": verdict_json(
-                                        Hl7Error.INTERNAL_ERROR,
-                                        "",
-                                        "message lost before it was applied",
-                                    ),
-                                    "r": False,
-                                }
-                            ],
-                            [],
-                        )
+                        # Nothing will ever parse it: dead-letter it, pop it, look again.
+                        head_raw = self._drop_missing_head(head_raw.decode(), token, lock_ms)
+                        continue
                     else:
                         break
                     status, head_raw, run, seq = self._finish_run(entries, token, lock_ms)
@@ -278,6 +274,38 @@ class RunApply:
         meta = {key.decode(): v for key, v in self.r.hgetall(self.keys.message(head)).items()}
         text_meta = {key: v.decode("utf-8", "replace") for key, v in meta.items() if key != "raw"}
         self._reject(head, meta, text_meta, code, location, reason)
+
+    def _drop_missing_head(self, head: str, token: str, lock_ms: int) -> bytes | None:
+        """An ACKed message whose hash is gone (expired, evicted, deleted) is lost: its
+        raw bytes are too. Keep a dead letter under its id (so ``deadletter list`` shows
+        the loss and the sender can be asked to resend), count it, and pop it — dead
+        letter and pop in one fenced script. Returns the next head (None: nothing
+        written because the head moved or its hash came back; the caller looks again)."""
+        k = self.keys
+        letter = deadletter.DeadLetter(
+            raw=b"",
+            reason=f"message {head} was ACKed but its hash is missing from Redis (expired, "
+            "evicted or deleted): raw bytes and MSH lost, never applied; ask the sender "
+            "to resend",
+            stage="worker",
+            code=int(Hl7Error.INTERNAL_ERROR),
+            meta={"message_id": head},
+            dead_id=head,
+        )
+        flat = [v for pair in letter.to_hash().items() for v in pair]
+        status, nxt = self._drop_missing(
+            keys=[k.apply_lock, k.ingest_order, k.message(head), k.deadletter(head),
+                  k.deadletter_index],
+            args=[token, head, lock_ms, f"{letter.created_at:.6f}", *flat],
+        )  # fmt: skip
+        if status == -1:
+            raise LockLost("apply lock lost before the missing head was dead-lettered")
+        if status == -2:
+            log.warning("apply.head_moved", extra=fields(message_id=head))
+            return None
+        metrics.MESSAGES_LOST.labels(reason="hash_missing").inc()
+        log.error("head.message_missing", extra=fields(message_id=head, dead_letter=head))
+        return nxt  # type: ignore[no-any-return]
 
     def _finish_run(
         self, entries: list[dict[str, Any]], token: str, lock_ms: int

@@ -202,8 +202,8 @@ class BatchParse:
             key: text_meta.get(key, "")
             for key in (
                 "control_id", "sending_app", "sending_facility", "receiving_app",
-                "receiving_facility", "message_type", "version", "charset", "peer",
-                "received_at", "processing_id", "ack_mode",
+                "receiving_facility", "message_type", "version", "charset", "charset_used",
+                "peer", "received_at", "processing_id", "ack_mode",
             )
         }  # fmt: skip
         letter_meta["message_id"] = message_id

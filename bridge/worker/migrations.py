@@ -11,9 +11,11 @@ number, the alias is marked ``ambiguous`` instead and each sender's own old name
 finding its order (a message is then matched by its sender, as before the upgrade; a
 site in that situation should say ``order_scope: sender``).
 
-The upgrade takes the workers' apply lock, so no message is applied on a half-upgraded
-store, and records the schema version last (``keys.schema``): it runs once, and again
-after a crash in the middle (each step is idempotent).
+The upgrade takes the workers' apply lock and records the schema version last
+(``keys.schema``): it runs once, and again after a crash in the middle (each step is
+idempotent). No message is applied before it: the script that takes the apply lock
+(``worker/lua/acquire.lua``) refuses while the version is not current, and the worker
+then runs the upgrade first.
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ def current(client: redis.Redis, keys: Keys) -> int:
     return int(raw) if raw else 1
 
 
-def upgrade(client: redis.Redis, keys: Keys, wait_s: float = 120.0) -> int:
-    """Bring the store to :data:`SCHEMA_VERSION`; returns how many orders got an alias.
-
-    Raises StoreUnavailable when the apply lock stays taken longer than ``wait_s``
-    (workers of an earlier release still applying): the worker does not start.
+def upgrade(client: redis.Redis, keys: Keys, wait_s: float = 0.0) -> int | None:
+    """Bring the store to :data:`SCHEMA_VERSION`; returns how many orders got an alias
+    (0 when there was nothing to do), or None when the apply lock stayed taken for
+    ``wait_s`` (another worker holds it: the caller tries again later; nothing is applied
+    meanwhile, see ``worker/lua/acquire.lua``). Raises StoreUnavailable on Redis errors.
     """
     try:
         if current(client, keys) >= SCHEMA_VERSION:
@@ -59,8 +61,8 @@ def upgrade(client: redis.Redis, keys: Keys, wait_s: float = 120.0) -> int:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + wait_s
         while not client.set(keys.apply_lock, token, nx=True, px=_LOCK_MS):
-            if time.monotonic() > deadline:
-                raise StoreUnavailable("store upgrade: the apply lock stayed taken")
+            if time.monotonic() >= deadline:
+                return None
             time.sleep(0.2)
         try:
             if current(client, keys) >= SCHEMA_VERSION:

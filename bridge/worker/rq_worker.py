@@ -23,11 +23,13 @@ from rq import Queue
 from rq.worker import BaseWorker
 
 from bridge.core import localzone
-from bridge.core.errors import ConfigError
+from bridge.core.codes import Hl7Error
+from bridge.core.errors import ConfigError, MessageRejected
 from bridge.core.logs import fields, log_failure
 from bridge.core.settings import Settings, load_settings
 from bridge.hl7 import hl7apy_compat
 from bridge.hl7 import parse as hl7parse
+from bridge.hl7.charsets import CharsetError, Decision, check_settings
 from bridge.store.connections import sync_client
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
@@ -49,12 +51,25 @@ class WorkerContext:
     sequencer: Sequencer
 
     def parse(self, message_id: str, meta: dict[str, Any]) -> MappingResult:
-        """Decode, parse and map one message hash (``raw`` + MSH metadata)."""
+        """Decode, parse and map one message hash (``raw`` + MSH metadata).
+
+        Decoded with the listener's recorded decision (``charset_used``), so what it
+        checked at ACK time is what is read here; a hash written by an older release
+        has none, and the listener's rule is applied here with the same settings."""
         raw = meta.get("raw", b"")
-        msh = hl7parse.read_msh(raw)
-        mapping = self.mappings.for_sender(msh.sending_app, msh.sending_facility)
-        default_charset = mapping.default_charset or self.settings.worker.default_charset
-        msg = hl7parse.parse(raw, default_charset)
+        recorded = meta.get("charset_used")
+        decision = None
+        if recorded:
+            try:
+                decision = Decision.from_record(recorded)
+            except CharsetError as exc:
+                raise MessageRejected(
+                    exc.reason, Hl7Error.TABLE_VALUE_NOT_FOUND, exc.location
+                ) from None
+        m = self.settings.mllp
+        msg = hl7parse.parse(raw, decision, m.default_charset, m.sender_charsets)
+        msh = msg.segments[0]
+        mapping = self.mappings.for_sender(msh.field(3).strip(), msh.field(4).strip())
         return map_message(msg, mapping, self.settings.worker.local_timezone)
 
 
@@ -65,6 +80,7 @@ def install(settings: Settings, client: redis.Redis | None = None) -> WorkerCont
     """Build the process-wide context (call once per worker process, before forking)."""
     global _CONTEXT
     hl7apy_compat.install()
+    check_settings(settings.mllp)  # the worker decodes old messages with these defaults
     if not settings.redis.url and client is None:
         raise ConfigError("redis.url", "the worker needs a Redis URL (or run mwl-bridge run)")
     client = client or sync_client(settings.redis)
@@ -74,7 +90,8 @@ def install(settings: Settings, client: redis.Redis | None = None) -> WorkerCont
     ctx = WorkerContext(settings, client, keys, store, mappings, None)  # type: ignore[arg-type]
     ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse)
     # Before the first message is applied: a store written by an earlier release is
-    # brought to this release's layout (once; under the apply lock).
+    # brought to this release's layout (once, under the apply lock; if another worker
+    # holds it, the first apply does it: acquire.lua refuses an old layout).
     migrations.upgrade(client, keys)
     _CONTEXT = ctx
     return ctx

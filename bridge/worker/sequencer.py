@@ -78,6 +78,7 @@ class Sequencer(BatchParse, RunApply, HeadRecovery):
         self._acquire = lua.register(client, "worker", "acquire")
         self._release_peek = lua.register(client, "worker", "release_peek")
         self._finalize = lua.register(client, "worker", "finalize")
+        self._drop_missing = lua.register(client, "worker", "drop_missing_head")
         self._claim_script = lua.register(client, "worker", "claim")
         #: rq's key layout for the batch claim; None on rq's stock path (no batches).
         self.rq_keys = batch_keys(keys.queue_name())

@@ -345,7 +345,14 @@ def _first_value(ctx: _Ctx, rule: Rule) -> Any:
                 return ""
             continue
         values = []
-        for node in nodes if (rule.multi or rule.join is not None) else nodes[:1]:
+        candidates: list[Node] | list[str] = (
+            nodes if (rule.multi or rule.join is not None) else nodes[:1]
+        )
+        if (src.transform or rule.transform) == "xpn_pn_groups" and isinstance(nodes[0], Node):
+            # One value from every repetition (XPN-8 groups), not one per repetition.
+            reps = [n for n in nodes if isinstance(n, Node) and not n.is_null]
+            candidates = [tf.xpn_pn_groups(reps)]
+        for node in candidates:
             if isinstance(node, Node) and node.is_null:
                 continue
             v = _post(ctx, rule, src, _transform(ctx, rule, src, node))

@@ -22,7 +22,7 @@ from pydicom.datadict import dictionary_VR, keyword_dict
 
 from bridge.core.codes import SpsStatus
 from bridge.core.errors import MappingFileError
-from bridge.hl7.charsets import CHARSETS
+from bridge.core.settings import sender_keys
 from bridge.hl7.message import parse_path
 from bridge.store.item import SPS
 from bridge.worker.mapping.schema import (
@@ -53,7 +53,15 @@ VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "L
           "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "US": 5}  # fmt: skip
 
 _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attributes", "one_of",
-             "default_charset", "worklist", "order_scope", "patient"}  # fmt: skip
+             "worklist", "order_scope", "patient"}  # fmt: skip
+#: Top-level keys of earlier releases that are no longer honoured, and what replaces them.
+_MOVED_KEYS = {
+    # The listener decides the charset at ACK time and cannot see mapping files: a
+    # mapping default would decode what the listener checked in another charset.
+    "default_charset": "no longer honoured: the listener decides the character set at ACK "
+    "time and cannot read mapping files; move it to the setting mllp.sender_charsets "
+    '(e.g. "RIS|HOSP" = "8859/1")',
+}
 _PATIENT_KEYS = {"attributes", "visit", "events"}
 #: Segments whose rules are patient-level / visit-level when ``patient`` does not list them.
 _PATIENT_SEGMENTS = frozenset({"PID", "PD1"})
@@ -180,6 +188,8 @@ def _err(doc: Located, key: str, message: str) -> MappingFileError:
 
 def _build(doc: Located, chain: list[str]) -> Mapping:
     for key in doc.data:
+        if key in _MOVED_KEYS:
+            raise _err(doc, key, _MOVED_KEYS[key])
         if key not in _TOP_KEYS:
             raise _err(doc, key, f"unknown section; allowed: {', '.join(sorted(_TOP_KEYS))}")
     mapping = Mapping(path=chain[-1], chain=chain)
@@ -196,12 +206,6 @@ def _build(doc: Located, chain: list[str]) -> Mapping:
         if not isinstance(table, Located):
             raise _err(tables, name, "a table must be a mapping of code: value")
         mapping.tables[name] = {str(k): "" if v is None else str(v) for k, v in table.data.items()}
-
-    charset = doc.data.get("default_charset")
-    if charset is not None:
-        if str(charset).upper() not in CHARSETS:
-            raise _err(doc, "default_charset", f"{charset!r} is not an HL7 table 0211 name")
-        mapping.default_charset = str(charset)
 
     scope = doc.data.get("order_scope")
     if scope is not None:
@@ -518,13 +522,7 @@ class MappingRegistry:
     def for_sender(self, sending_app: str, sending_facility: str) -> Mapping:
         """MSH-3/MSH-4 as sent (HD: ``namespace^universal id^type``) or their first
         component, most specific key first."""
-        app1, fac1 = sending_app.split("^")[0], sending_facility.split("^")[0]
-        for key in (
-            f"{sending_app}|{sending_facility}",
-            f"{app1}|{fac1}",
-            sending_app,
-            app1,
-        ):
+        for key in sender_keys(sending_app, sending_facility):
             if key in self.by_sender:
                 return self.by_sender[key]
         return self.default

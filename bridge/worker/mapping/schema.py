@@ -20,6 +20,7 @@ TRANSFORMS = (
     "ts_date",  # HL7 TS → DICOM DA (YYYYMMDD), zone converted
     "ts_time",  # HL7 TS → DICOM TM (HHMMSS), zone converted
     "xpn_pn",  # XPN family^given^middle^suffix^prefix^degree → PN
+    "xpn_pn_groups",  # every XPN repetition → one PN, groups by XPN-8 (A=I=P)
     "xcn_pn",  # XCN id^family^given^middle^suffix^prefix^degree → PN
     "code_item",  # code triplet → one Code Sequence item
     "charset",  # HL7 table 0211 name → DICOM Specific Character Set
@@ -138,8 +139,6 @@ class Mapping:
     sps_rules: list[Rule] = field(default_factory=list)
     #: Type 1C groups: at least one attribute of each group must be filled (HL7 101).
     one_of: list[tuple[str, ...]] = field(default_factory=list)
-    #: Charset assumed when MSH-18 is empty (overrides ``worker.default_charset``).
-    default_charset: str = ""
     #: Rule for the item's logical worklist label (``scp.per_called_ae_worklists``: the
     #: called AE title that serves the item), run after every attribute rule; None = none.
     worklist: Rule | None = None

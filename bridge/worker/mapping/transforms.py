@@ -8,12 +8,13 @@ text (error texts reach logs and ACKs; values are patient data).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from bridge.core.codes import Hl7Error
 from bridge.core.errors import MessageRejected
-from bridge.hl7.charsets import DICOM_CHARSETS
+from bridge.hl7.charsets import dicom_term
 from bridge.hl7.message import Node
 
 _TS = re.compile(
@@ -88,6 +89,28 @@ def xpn_pn(node: Node) -> str:
     return _pn(node.part(1), node.part(2), node.part(3), node.part(5), suffix)
 
 
+#: HL7 table 4000 name/address representation (XPN-8), in DICOM PN group order
+#: (PS3.5 6.2.1.1: alphabetic, ideographic, phonetic).
+PN_GROUPS = ("A", "I", "P")
+
+
+def xpn_pn_groups(nodes: Sequence[Node]) -> str:
+    """Every XPN repetition (``PID-5[*]``) → one PN with its component groups, keyed by
+    XPN-8 (table 4000: ``A`` alphabetic, ``I`` ideographic, ``P`` phonetic; empty = ``A``,
+    the table's default), joined by ``=`` alphabetic first, trailing empty groups dropped:
+    ``Yamada^Tarou=山田^太郎=やまだ^たろう``, ``=山田^太郎=やまだ^たろう``.
+
+    The first repetition of each kind wins and repetitions with another code are not
+    used, so an ordinary name (one repetition, no XPN-8) gives exactly :func:`xpn_pn`."""
+    chosen: dict[str, Node] = {}
+    for node in nodes:
+        code = node.part(8).strip().upper() or "A"
+        if code in PN_GROUPS:
+            chosen.setdefault(code, node)
+    groups = [xpn_pn(chosen[g]) if g in chosen else "" for g in PN_GROUPS]
+    return "=".join(groups).rstrip("=")
+
+
 def xcn_pn(node: Node) -> str:
     """XCN id^family^given^middle^suffix^prefix^degree → PN, skipping the leading ID."""
     suffix = " ".join(p for p in (node.part(5), node.part(7)) if p)
@@ -109,8 +132,9 @@ def code_item(
 
 
 def charset(node: Node) -> str:
-    """HL7 table 0211 name → DICOM Specific Character Set defined term."""
-    return DICOM_CHARSETS.get(node.text.strip().upper(), "")
+    """HL7 table 0211 name (or alias) → DICOM Specific Character Set defined term, from
+    the one table of :mod:`bridge.hl7.charsets`; unknown → ""."""
+    return dicom_term(node.text)
 
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
