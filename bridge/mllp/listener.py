@@ -417,14 +417,16 @@ class Listener:
             text=text,
             location=verdict.location,
         )
-        if ack.send:
-            conn.writer.write(framing.frame(ack.content))
-            await conn.writer.drain()
-            metrics.ACKS.labels(code=ack.code.value).inc()
         h = verdict.msh
+        # Counted before the ACK goes out: whoever reads the metrics after the sender got
+        # its answer sees it counted (a scrape racing the write is no better off).
         metrics.MESSAGES_RECEIVED.labels(message_type=self._type_label(h)).inc()
         if verdict.reject:
             metrics.FRAMES_REJECTED.labels(reason=verdict.reject).inc()
+        if ack.send:
+            metrics.ACKS.labels(code=ack.code.value).inc()
+            conn.writer.write(framing.frame(ack.content))
+            await conn.writer.drain()
         level = logging.INFO if ack.code.is_positive else logging.WARNING
         if log.isEnabledFor(level):
             log.log(
