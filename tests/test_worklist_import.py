@@ -6,6 +6,7 @@ Redis, real rq workers, the CLI through ``bridge.ops.cli.main``."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,24 @@ def test_empty_station_is_imported_with_the_mappings_warning(
         "ScheduledProcedureStepSequence[1].ScheduledStationAETitle: missing or empty"
     )
     assert store.count() == 0
+
+
+def test_a_finished_step_is_stored_as_the_workers_store_one(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: WorklistStore,
+    s: Settings, capsys,
+) -> None:  # fmt: skip
+    """COMPLETED in the file: kept out of the default worklist and purged on schedule."""
+    path = write_wl(tmp_path / "a.wl", wl_dataset(
+        1, sps_extra={"ScheduledProcedureStepStatus": "COMPLETED"}))  # fmt: skip
+    before = time.time()
+    code, report = run_import(capsys, redis_url, str(path))
+    assert code == 0
+    (iid,) = report["files"][0]["items"]
+    assert store.get(iid).status == "COMPLETED"  # type: ignore[union-attr]
+    purge_at = redis_client.zscore(Keys().expiry, iid)
+    assert purge_at is not None
+    retention = s.worker.retention_completed_s
+    assert int(before) + retention <= purge_at <= time.time() + retention  # whole seconds
 
 
 # -- dry run, re-import ---------------------------------------------------------------------
