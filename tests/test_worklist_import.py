@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import SAMPLES
 from orm_builder import orm
 from pydicom.dataset import Dataset
+from test_order_identity import load_store
 from wl_files import ae_folder, wl_dataset, write_wl
 from worker_helpers import items, run
 
@@ -22,6 +24,7 @@ from bridge.ops.cli import main
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import AlreadyStored, CandidateQuery, FenceLost, WorklistStore
+from bridge.worker import migrations
 from bridge.worker.lifecycle import item_id
 
 
@@ -382,6 +385,31 @@ def test_an_imported_order_joins_an_order_the_ris_sent(
     run(redis_client, s, orm(control="CA", status="CA", placer="PL7^RIS", filler="FL7",
                              control_id="C1"))  # fmt: skip
     assert sorted(i.status for i in items(redis_client, s)) == ["CANCELED", "CANCELED"]
+
+
+def test_a_store_of_the_previous_release_is_upgraded_first_and_its_orders_found(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys
+) -> None:
+    """Orders the previous release named '<sender>|P|<number>': the import upgrades the
+    store as a worker would (before it, the old names are not found), then a file of such
+    an order joins it, and the number two senders shared is refused."""
+    load_store(redis_client, SAMPLES / "store_written_by_e69e4ae.json")
+    assert migrations.current(redis_client, Keys()) == 1
+    write_wl(tmp_path / "leg1.wl", wl_dataset(9, placer="LEG1"))
+    write_wl(tmp_path / "dup1.wl", wl_dataset(10, placer="DUP1"))
+    code, dry = run_import(capsys, redis_url, str(tmp_path), "--dry-run")
+    assert dry["notes"] == [
+        "the store is in an earlier release's layout: the import (like a worker) upgrades "
+        "it first; orders named the old way are not found by this dry run"
+    ]
+    assert migrations.current(redis_client, Keys()) == 1  # a dry run writes nothing
+    code, report = run_import(capsys, redis_url, str(tmp_path))
+    assert migrations.current(redis_client, Keys()) == migrations.SCHEMA_VERSION
+    rows = by_file(report)
+    assert rows["leg1.wl"]["order"] == "RIS^HOSP|P|LEG1"
+    assert rows["leg1.wl"]["items"] == [item_id("RIS^HOSP|P|LEG1", "RP9", "SPS9")]
+    assert "(ambiguous)" in rows["dup1.wl"]["reason"]
+    assert code == 1 and report["notes"] == []
 
 
 def test_order_conflicts_are_rejected(

@@ -181,13 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="worklist label (called AE) of files not in a wlmscpfs per-AE folder",
     )
-    p.add_argument(
-        "--lock-wait",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="wait this long for the workers' apply lock, per file (default 10)",
-    )
+    p.add_argument("--lock-wait", **lock_wait)  # type: ignore[arg-type]  (per file)
 
     dead = verbs.add_parser("deadletter", help="rejected or failed messages")
     dsub = dead.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")

@@ -50,6 +50,11 @@ still ours (compare and delete); a worker that found it busy meanwhile left its 
 message for the next maintenance step (``worker.maintenance_interval_s``) or the next
 message's job.
 
+The lock helper is :func:`bridge.ops.worklist_edit.apply_lock`, the one ``worklist
+delete``/``purge`` use. A store still in an earlier release's layout is upgraded first
+(:func:`bridge.worker.migrations.upgrade`, as a worker does before it applies), since the
+order names written here are this release's.
+
 ``--dry-run`` reads the store without the lock and writes nothing; it reports what a
 real run would do (files of one run see each other's items in both modes).
 """
@@ -61,19 +66,17 @@ import json
 import logging
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
 
 from bridge.core.codes import FINAL_SPS_STATUSES, SpsStatus
-from bridge.core.errors import ConfigError, StoreUnavailable, TransientError
+from bridge.core.errors import ConfigError, StoreUnavailable
 from bridge.core.logs import fields
 from bridge.core.settings import Settings
 from bridge.ops.admin import redis_url, table
+from bridge.ops.worklist_edit import LOCK_WAIT_S, LockBusy, apply_lock
 from bridge.ops.worklist_files import (
     Discovery,
     FileContent,
@@ -84,11 +87,11 @@ from bridge.ops.worklist_files import (
     label_problem,
     read_file,
 )
-from bridge.store import lua
 from bridge.store.connections import sync_client
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import AlreadyStored, FenceLost, WorklistStore
+from bridge.worker import migrations
 from bridge.worker.lifecycle import item_id, retention_s
 from bridge.worker.mapping.apply import MappedGroup, order_aliases
 from bridge.worker.mapping.load import load_mapping
@@ -98,18 +101,10 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 #: A file was rejected, or Redis / the apply lock failed.
 EXIT_FAILED = 1
-#: How long one file waits for the workers' apply lock by default.
-LOCK_WAIT_S = 10.0
-_RETRY_FIRST_S = 0.01
-_RETRY_MAX_S = 0.2
 
 IMPORTED, SKIPPED, REJECTED = "imported", "skipped", "rejected"
 #: The attributes an order conflict is about (reasons name attributes, never values).
 _NUMBERS = "PlacerOrderNumberImagingServiceRequest / FillerOrderNumberImagingServiceRequest"
-
-
-class LockBusy(TransientError):
-    """The workers kept the apply lock for the whole wait."""
 
 
 @dataclass
@@ -189,36 +184,6 @@ class ImportReport:
         return "\n".join(lines)
 
 
-@contextmanager
-def apply_lock(client: redis.Redis, keys: Keys, ttl_s: float, wait_s: float) -> Iterator[str]:
-    """Hold the workers' apply lock; yields our token for fenced writes. Retries with a
-    short back-off (10 ms doubling to 200 ms: a worker's run takes milliseconds, a long
-    sleep would lose every race against its next acquire) for ``wait_s``, then raises
-    :class:`LockBusy`. Released on exit only while it still holds our token."""
-    token = f"import-{uuid.uuid4().hex}"
-    deadline = time.monotonic() + wait_s
-    delay = _RETRY_FIRST_S
-    try:
-        while not client.set(keys.apply_lock, token, nx=True, px=max(1, int(ttl_s * 1000))):
-            if time.monotonic() >= deadline:
-                raise LockBusy(
-                    f"the workers kept the apply lock for {wait_s:g} s (a backlog is being "
-                    "applied): run the import again (files already imported are skipped) "
-                    "or give a longer --lock-wait"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"could not take the apply lock: {exc}") from exc
-    try:
-        yield token
-    finally:
-        # Compare and delete (the workers' own release; its look at the ingest head is
-        # for a worker, which would apply it: we leave that to the workers).
-        release = lua.register(client, "worker", "release_peek")
-        release(keys=[keys.apply_lock, keys.ingest_order], args=[token, keys.parsed("")])
-
-
 @dataclass
 class _Plan:
     items: list[WorklistItem]
@@ -254,10 +219,22 @@ class Importer:
 
     def run(self, found: Discovery) -> ImportReport:
         report = ImportReport(self.dry_run, not_read=list(found.not_read))
+        try:
+            self._layout(report)
+        except (StoreUnavailable, redis.RedisError) as exc:
+            report.stopped = f"store layout upgrade: {exc}"
+            return report
         for source in found.sources:
             try:
                 report.files.append(self._one(source))
-            except (StoreUnavailable, LockBusy, FenceLost) as exc:
+            except LockBusy:
+                report.stopped = (
+                    f"{source.path}: the workers kept the apply lock for {self.lock_wait_s:g} s "
+                    "(a backlog is being applied); the files before it are imported: run the "
+                    "import again (they are skipped) or give a longer --lock-wait"
+                )
+                break
+            except (StoreUnavailable, FenceLost) as exc:
                 report.stopped = f"{source.path}: {exc}"
                 break
         s = report.summary()
@@ -266,6 +243,20 @@ class Importer:
             extra=fields(dry_run=self.dry_run, stopped=bool(report.stopped), **s),
         )
         return report
+
+    def _layout(self, report: ImportReport) -> None:
+        """Order names are written in this release's layout, so the store must be in it:
+        upgraded as a worker does before it applies anything (idempotent, under the apply
+        lock; an empty store just gets its version). A dry run only says so."""
+        if not self.dry_run:
+            migrations.upgrade(self.r, self.keys, wait_s=self.lock_wait_s)
+        elif migrations.current(self.r, self.keys) < migrations.SCHEMA_VERSION and (
+            self.store.count() or next(self.r.scan_iter(self.keys.order("*"), 1000), None)
+        ):
+            report.notes.append(
+                "the store is in an earlier release's layout: the import (like a worker) "
+                "upgrades it first; orders named the old way are not found by this dry run"
+            )
 
     def _one(self, source: Source) -> FileResult:
         out = FileResult(str(source.path), REJECTED, worklist=source.worklist)
