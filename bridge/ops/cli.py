@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "worklist show": "bridge.ops.admin:worklist_show",
     "worklist delete": "bridge.ops.admin:worklist_delete",
     "worklist purge": "bridge.ops.admin:worklist_purge",
+    "worklist import": "bridge.ops.worklist_import:command",
     "deadletter list": "bridge.ops.admin:deadletter_list",
     "deadletter show": "bridge.ops.admin:deadletter_show",
     "deadletter replay": "bridge.ops.admin:deadletter_replay",
@@ -168,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-wait", **lock_wait)  # type: ignore[arg-type]
     p.add_argument("--dry-run", action="store_true", help="count, do not delete")
     p.add_argument("--json", action="store_true")
+    p = wsub.add_parser(
+        "import", help="import DICOM worklist files (wlmscpfs .wl folders, Orthanc, .dcm)"
+    )
+    _add_settings_flags(p, {"--mapping": _WORKER["--mapping"]})
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders")
+    p.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--worklist",
+        metavar="LABEL",
+        help="worklist label (called AE) of files not in a wlmscpfs per-AE folder",
+    )
+    p.add_argument("--lock-wait", **lock_wait)  # type: ignore[arg-type]  (per file)
 
     dead = verbs.add_parser("deadletter", help="rejected or failed messages")
     dsub = dead.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")

@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from bridge.core.codes import SpsStatus
-from bridge.core.errors import StoreUnavailable, TransientError
+from bridge.core.errors import BridgeError, StoreUnavailable, TransientError
 from bridge.store import lua
 from bridge.store.item import WorklistItem
 from bridge.store.keys import Keys
@@ -51,6 +51,16 @@ _LOAD_CHUNK = 256
 
 class FenceLost(TransientError):
     """A fenced write found its lock token gone (another worker took over)."""
+
+
+class AlreadyStored(BridgeError):
+    """:meth:`WorklistStore.insert_new` found an item it must not overwrite: one with the
+    same id, or with the same Study Instance UID and SPS ID. Nothing was written."""
+
+    def __init__(self, message: str, same_id: bool) -> None:
+        super().__init__(message)
+        #: True: an item with this id exists; False: same Study Instance UID + SPS ID.
+        self.same_id = same_id
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class WorklistStore:
         self._r = client
         self._keys = keys
         self._apply = lua.register(client, "store", "store_apply")
+        self._insert_new = lua.register(client, "store", "insert_new")
 
     @property
     def keys(self) -> Keys:
@@ -157,6 +168,52 @@ class WorklistStore:
             raise StoreUnavailable(f"worklist write failed: {exc}") from exc
         if written < 0:
             raise FenceLost("the apply lock was lost before the worklist write")
+        return written
+
+    def insert_new(
+        self,
+        items: list[WorklistItem],
+        order_states: dict[str, dict[str, str]],
+        fence: tuple[str, str],
+        expire_at: dict[str, float] | None = None,
+    ) -> int:
+        """Write ``items`` only if none exists yet, with ``order_states`` (order hash key →
+        fields to set; each made persistent, as an order with items is), in one fenced
+        step (``lua/insert_new.lua``): all or nothing.
+
+        "Exists" means an item with the same id, or with the same Study Instance UID
+        and Scheduled Procedure Step ID (the ``suid`` and ``spsid`` indexes): raises
+        :class:`AlreadyStored`. Raises :class:`FenceLost` when ``fence`` = (key, token)
+        no longer holds the token. Returns the number of items written.
+        """
+        batch = batch_json(self._keys, items, (), expire_at)
+        if batch is None:
+            return 0
+        k = self._keys
+        checks = []
+        for it in items:
+            suid = str(it.attrs.get("StudyInstanceUID") or "")
+            spsid = str(it.sps.get("ScheduledProcedureStepID") or "")
+            checks.append([k.item(it.item_id), k.index("suid", suid), k.index("spsid", spsid)])
+        states = [[key, fields] for key, fields in order_states.items()]
+        try:
+            written = int(
+                self._insert_new(
+                    keys=[k.index_start, k.expiry, fence[0]],
+                    args=[fence[1], batch, json.dumps(checks), json.dumps(states)],
+                )
+            )
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"worklist write failed: {exc}") from exc
+        if written == -1:
+            raise FenceLost("the apply lock was lost before the worklist write")
+        if written in (-2, -3):
+            raise AlreadyStored(
+                "an item with this id exists"
+                if written == -3
+                else "an item with this Study Instance UID and SPS ID exists",
+                same_id=written == -3,
+            )
         return written
 
     def upsert(self, item: WorklistItem) -> None:
