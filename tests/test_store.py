@@ -136,13 +136,6 @@ def test_batch_apply_is_atomic_per_message(store: WorklistStore, redis_client, k
     assert keys.index("order", "o") in idx
 
 
-def test_purge_expired(store: WorklistStore) -> None:
-    store.apply(upserts=[make_item(1), make_item(2)], expire_at={"it1": 100})
-    assert store.purge_expired(now=99) == 0
-    assert store.purge_expired(now=101) == 1
-    assert store.get("it1") is None and store.get("it2") is not None
-
-
 def test_expired_ids_are_bounded_and_soonest_first(store: WorklistStore) -> None:
     store.apply(upserts=[make_item(n) for n in range(1, 5)],
                 expire_at={"it1": 300, "it2": 100, "it3": 200})  # fmt: skip

@@ -196,14 +196,6 @@ class WorklistStore:
     def delete(self, item_ids: Iterable[str]) -> int:
         return self.apply(deletes=list(item_ids))
 
-    def purge_expired(self, now: float) -> int:
-        """Remove finished items whose retention ended before ``now`` (epoch seconds)."""
-        try:
-            ids = [i.decode() for i in self._r.zrangebyscore(self._keys.expiry, 0, now)]
-        except redis.RedisError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return self.delete(ids) if ids else 0
-
     def remove(
         self,
         item_ids: Iterable[str],
