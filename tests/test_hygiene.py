@@ -21,6 +21,7 @@ from worker_helpers import items, run
 from bridge.core import metrics
 from bridge.core.codes import FINAL_SPS_STATUSES
 from bridge.core.settings import Settings, WorkerSettings, load_settings
+from bridge.ops.cli import main
 from bridge.store.item import WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
@@ -423,6 +424,44 @@ def test_candidates_come_from_the_indexes_not_from_loading_every_item(
     done: list[PassResult] = [sweep(t0 + 25 * H) for _ in range(4)]
     assert [sum(r.idle.values()) for r in done] == [2, 2, 1, 0]
     assert sorted(loads) == sorted(stale)  # each loaded once: marked items drop out
+
+
+# -- metrics and status ---------------------------------------------------------------------
+
+
+def test_status_json_shows_settings_in_effect_and_counts(
+    redis_client: redis.Redis, redis_url: str, t0: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = worker_settings(redis_url, idle_scheduled_after_h=48, idle_started_after_h=12,
+                        idle_action="discontinue", retention_completed_s=7200)  # fmt: skip
+    # Before any worker reported, status shows its own configuration and says so.
+    assert main(["status", "--redis-url", redis_url, "--json"]) == 0
+    h = json.loads(capsys.readouterr().out)["hygiene"]
+    assert h["settings_source"] == "this command" and h["settings"]["idle_action"] == "hide"
+    run(redis_client, s, orm(), orm(control="SC", status="CM"),
+        orm(placer="PL2", filler="FL2"), orm(placer="PL3", filler="FL3"), clock=at(t0))  # fmt: skip
+    assert sweep(t0 + 7200).purged == {"COMPLETED": 1}
+    assert sweep(t0 + 48 * H).idle == {("SCHEDULED", "discontinued"): 2}
+    assert main(["status", "--redis-url", redis_url, "--json"]) == 0
+    h = json.loads(capsys.readouterr().out)["hygiene"]
+    assert h["settings_source"] == "workers"
+    assert h["settings"]["retention_s"] == {"CANCELED": 600, "COMPLETED": 7200,
+                                            "DISCONTINUED": 600}  # fmt: skip
+    assert (h["settings"]["idle_scheduled_after_h"], h["settings"]["idle_started_after_h"],
+            h["settings"]["idle_action"]) == (48, 12, "discontinue")  # fmt: skip
+    assert h["done"] == {"purged": {"COMPLETED": 1}, "hidden": {},
+                         "discontinued": {"SCHEDULED": 2}, "none": {}}  # fmt: skip
+    assert h["waiting"]["total"] == 2 and h["waiting"]["by_status"]["DISCONTINUED"] == 2
+    assert h["waiting"]["overdue"] == 0  # due 48 h from now by the wall clock
+    assert h["waiting"]["next_at"] == iso(t0 + 48 * H + 600)
+    assert h["idle_marked"] == {"hide": 0, "discontinue": 2, "none": 0}
+    assert h["since"] == iso(t0 + 7200)
+    assert main(["status", "--redis-url", redis_url]) == 0
+    text = capsys.readouterr().out
+    assert "retention after the last update: CANCELED 10m, COMPLETED 2h, DISCONTINUED 10m" in text
+    assert "idle timeout: SCHEDULED 2d, STARTED 12h; action discontinue" in text
+    assert "discontinued SCHEDULED 2" in text and "purged COMPLETED 1" in text
+    assert "waiting for purge 2 (DISCONTINUED 2), overdue 0" in text
 
 
 def test_the_upgrade_lists_the_aliases_of_orders_stored_before(
