@@ -217,6 +217,21 @@ def test_idle_action_none_logs_and_counts_once(
     assert expired("SCHEDULED", "none") == before + 1
 
 
+def test_items_flagged_in_a_trial_run_are_acted_on_once_the_action_changes(
+    redis_client: redis.Redis, redis_url: str, t0: float
+) -> None:
+    """Try ``none`` first, then switch to ``hide``: the flagged items are not exempt."""
+    s = worker_settings(redis_url, idle_scheduled_after_h=24, idle_action="none")
+    run(redis_client, s, orm(), clock=at(t0))
+    assert sweep(t0 + 25 * H).idle == {("SCHEDULED", "none"): 1}
+    s = worker_settings(redis_url, idle_scheduled_after_h=24, idle_action="hide")
+    rq_worker.install(s, redis_client)
+    assert sweep(t0 + 26 * H).idle == {("SCHEDULED", "hidden"): 1}
+    (item,) = items(redis_client, s)
+    assert item.hidden and item.idle is not None and item.idle["action"] == "hide"
+    assert not sweep(t0 + 27 * H).idle
+
+
 def test_idle_scheduled_counts_from_a_later_start(
     redis_client: redis.Redis, redis_url: str, t0: float
 ) -> None:

@@ -35,7 +35,8 @@ caller then drains the line.
 Candidates come from the indexes, never from loading every item: SCHEDULED ones from
 the status index and the ``idx:start`` range up to the cutoff (the smaller drives, the
 other filters inside Redis), STARTED ones from the status index, both without the items
-already marked (``idx:idle:<action>``). Only those are loaded, at most
+the timeout already acted on (``idx:idle:<action>``; items only flagged by ``none`` come
+back when the action changes). Only those are loaded, at most
 ``_LOAD_ROUNDS`` batches of ``worker.hygiene_batch_size`` per status, and at most one
 batch is acted on per pass. What a pass did is counted (``mwl_items_expired``) and kept
 in ``keys.hygiene`` with the settings in effect, for ``mwl-bridge status``
@@ -283,9 +284,14 @@ class Hygiene:
         self, status: SpsStatus, cutoff: float, budget: int, result: PassResult
     ) -> list[WorklistItem]:
         """Items of ``status`` idle since ``cutoff`` or earlier, at most ``budget``."""
+        action = self.settings.idle_action
+        # Items the timeout already acted on drop out; those it only flagged (``none``)
+        # come back once the action is changed to one that does something: a trial
+        # run with ``none`` must not exempt them for good.
+        marked = tuple(a for a in IDLE_ACTIONS if a != "none" or action == "none")
         query = CandidateQuery(
             equals={"status": (status.value,)},
-            exclude={"idle": IDLE_ACTIONS},
+            exclude={"idle": marked},
             # SCHEDULED counts from the later of start and creation: an item starting
             # after the cutoff cannot be idle yet, so the start index narrows the set.
             start_max=local_key(cutoff, self.zone) if status == SpsStatus.SCHEDULED else None,
@@ -296,7 +302,9 @@ class Hygiene:
         for start in range(0, min(len(ids), chunk * _LOAD_ROUNDS), chunk):
             for it in self.store.load(ids[start : start + chunk]):
                 result.loaded += 1
-                if it.status == status and it.idle is None and self._since(it) <= cutoff:
+                mark = it.idle
+                fresh = mark is None or mark.get("action") not in marked
+                if it.status == status and fresh and self._since(it) <= cutoff:
                     found.append(it)
                     if len(found) >= budget:
                         return found
