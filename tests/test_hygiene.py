@@ -498,3 +498,22 @@ def test_the_upgrade_lists_the_aliases_of_orders_stored_before(
     assert sweep(t0 + 1 * H).idle
     assert sweep(t0 + 1 * H + s.worker.idle_hidden_retention_s).purged == {"SCHEDULED": 1}
     assert redis_client.ttl(K.order("F|FL1")) > 0
+
+
+def test_worklist_list_and_show_say_what_the_timeout_did(
+    redis_client: redis.Redis, redis_url: str, t0: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = worker_settings(redis_url, idle_scheduled_after_h=24)
+    run(redis_client, s, orm(), orm(placer="PL2", filler="FL2"),
+        orm(control="HD", status="HD", placer="PL2", filler="FL2"), clock=at(t0))  # fmt: skip
+    assert sweep(t0 + 24 * H).idle == {("SCHEDULED", "hidden"): 2}  # held ones time out too
+    capsys.readouterr()
+    assert main(["worklist", "list", "--redis-url", redis_url]) == 0
+    assert capsys.readouterr().out.count("SCHEDULED (idle)") == 2
+    shown = []
+    for it in items(redis_client, s):
+        assert main(["worklist", "show", it.item_id, "--redis-url", redis_url]) == 0
+        shown += [line for line in capsys.readouterr().out.splitlines() if "idle" in line]
+    when = iso(t0 + 24 * H)
+    assert sorted(shown) == [f"# idle timeout: hide at {when} (was SCHEDULED)",
+                             f"# idle timeout: hide at {when} (was SCHEDULED, held)"]  # fmt: skip

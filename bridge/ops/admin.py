@@ -114,6 +114,14 @@ def _query(args: argparse.Namespace) -> CandidateQuery:
     return CandidateQuery(equals=equals, start_min=lo, start_max=hi)
 
 
+def _status_note(item: WorklistItem) -> str:
+    """Why an item is not what a modality sees: the idle timeout acted on it (hidden,
+    discontinued or only flagged), or the RIS holds it (HD)."""
+    if item.idle is not None:
+        return " (idle)"
+    return " (held)" if item.hidden else ""
+
+
 def item_row(item: WorklistItem) -> dict[str, Any]:
     sps = item.sps
     return {
@@ -122,7 +130,7 @@ def item_row(item: WorklistItem) -> dict[str, Any]:
         "time": sps.get("ScheduledProcedureStepStartTime", ""),
         "modality": _first(sps.get("Modality")),
         "station": _first(sps.get("ScheduledStationAETitle")),
-        "status": item.status + (" (held)" if item.hidden else ""),
+        "status": item.status + _status_note(item),
         "accession": _first(item.attrs.get("AccessionNumber")),
         "patient_id": _first(item.attrs.get("PatientID")),
         "sps_id": _first(sps.get("ScheduledProcedureStepID")),
@@ -160,6 +168,12 @@ def worklist_show(settings: Settings, args: argparse.Namespace) -> int:
     updated = _iso(item.updated_at) if item.updated_at else "-"
     print(f"# item {item.item_id}  order={item.order_key or '-'}  worklist={item.worklist or '-'}")
     print(f"# status={item.status}  held={item.hidden}  seq={item.seq}  updated={updated}")
+    if item.idle is not None:
+        idle = item.idle
+        print(
+            f"# idle timeout: {idle.get('action')} at {_iso(float(idle.get('at') or 0))}"
+            f" (was {idle.get('status')}{', held' if idle.get('hidden') else ''})"
+        )
     ds = to_dataset(item.attrs)
     ds.SpecificCharacterSet = "ISO_IR 192"  # the dump is Unicode; say so in the header
     print(ds)
