@@ -346,9 +346,15 @@ def test_off_by_default_nothing_changes(
     run(redis_client, s, orm(), orm(control="NW", status="IP", placer="PL2", filler="FL2"),
         clock=at(t0))  # fmt: skip
     before = {k: redis_client.get(k) for k in redis_client.keys(f"{K.prefix}:item:*")}
+
+    def set_calls() -> int:
+        return int(redis_client.info("commandstats").get("cmdstat_set", {}).get("calls", 0))
+
+    sets = set_calls()
     result = sweep(t0 + 365 * 86400)
-    assert (result.idle, result.purged, result.loaded) == ({}, {}, 0)
+    assert (result.idle, result.purged, result.loaded, result.busy) == ({}, {}, 0, False)
     assert {k: redis_client.get(k) for k in before} == before
+    assert set_calls() == sets  # nothing due: not even the apply lock was taken
 
 
 # -- under the apply lock -----------------------------------------------------------------

@@ -173,18 +173,24 @@ class Hygiene:
     def run(self, now: float) -> PassResult:
         """One pass at time ``now`` (epoch seconds), under the apply lock if it is free."""
         k = self.keys
+        s = self.settings
         token = f"hygiene-{uuid.uuid4().hex}"
-        ttl_ms = max(1, int(self.settings.apply_lock_ttl_s * 1000))
+        ttl_ms = max(1, int(s.apply_lock_ttl_s * 1000))
         try:
+            self._publish(now)
+            idle_on = s.idle_scheduled_after_h > 0 or s.idle_started_after_h > 0
+            if not idle_on and not self.r.zcount(k.expiry, "-inf", now):
+                # Nothing due: no lock taken, nothing written (every worker runs a pass
+                # every few seconds; with appendfsync always each write is an fsync).
+                return PassResult()
             if not self.r.set(k.apply_lock, token, nx=True, px=ttl_ms):
                 log.debug("hygiene.lock_busy")
                 return PassResult(busy=True)
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"hygiene could not try the apply lock: {exc}") from exc
+            raise StoreUnavailable(f"hygiene could not start a pass: {exc}") from exc
         result = PassResult()
         fence = (k.apply_lock, token)
         try:
-            self._publish(now)
             self._purge(now, fence, result)
             self._idle(now, fence, result)
         except FenceLost:
@@ -334,7 +340,8 @@ class Hygiene:
 
     def _publish(self, now: float) -> None:
         """Say once per process which settings the hygiene runs with: ``status`` runs in
-        another process, maybe with another configuration."""
+        another process, maybe with another configuration. (Not fenced: it is not worklist
+        data, and the last worker to start wins.)"""
         if self._published:
             return
         self.r.hset(
