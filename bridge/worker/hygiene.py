@@ -255,6 +255,7 @@ class Hygiene:
         changed: list[WorklistItem] = []
         expire_at: dict[str, float] = {}
         counts: Counter[tuple[str, str]] = Counter()
+        records: list[dict[str, Any]] = []  # logged once written, so a log line is true
         for status, after_h in (
             (SpsStatus.SCHEDULED, s.idle_scheduled_after_h),
             (SpsStatus.STARTED, s.idle_started_after_h),
@@ -276,13 +277,13 @@ class Hygiene:
                     it.updated_at = now  # a change of the item: its retention counts from here
                 changed.append(it)
                 counts[(_status_label(before), ACTION_LABELS[action])] += 1
-                log.info(
-                    "worklist.idle",
-                    extra=fields(item=it.item_id, status=before, action=action, after_h=after_h),
-                )
+                records.append(fields(item=it.item_id, status=before, action=action,
+                                      after_h=after_h))  # fmt: skip
         if not changed:
             return
         self.store.apply(upserts=changed, expire_at=expire_at, fence=fence)
+        for record in records:
+            log.info("worklist.idle", extra=record)
         result.idle.update(counts)
         self._count(now, {(label, status): n for (status, label), n in counts.items()})
 
