@@ -98,6 +98,7 @@ def _stored(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     for item in store.load(ids):
         doc = json.loads(item.to_json())
         doc.pop("updated_at")
+        doc["extra"].pop("created_at")  # wall-clock time too
         out[item.item_id] = doc
     ranks = {s: n for n, s in enumerate(sorted({d["seq"] for d in out.values()}))}
     for doc in out.values():

@@ -105,11 +105,13 @@ def test_final_states_retained_then_purged(
     run(redis_client, wsettings, orm())
     run(redis_client, wsettings, orm(control=control, status=status))
     assert [s[1] for s in statuses(redis_client, wsettings)] == [final]
-    from bridge.store.worklist_store import WorklistStore
+    from bridge.worker import rq_worker
 
-    store = WorklistStore(redis_client, Keys())
-    assert store.purge_expired(time.time()) == 0  # still within retention
-    assert store.purge_expired(time.time() + 2 * 86400) == 1
+    ctx = rq_worker.context()
+    first = rq_worker.maintenance(ctx, now=time.time())
+    assert first is not None and not first.purged  # still within retention
+    later = rq_worker.maintenance(ctx, now=time.time() + 2 * 86400)
+    assert later is not None and later.purged == {final: 1}
     assert items(redis_client, wsettings) == []
 
 

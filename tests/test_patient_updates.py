@@ -142,6 +142,7 @@ def _final(client: redis.Redis, s: Settings) -> list[dict[str, Any]]:
         doc = json.loads(it.to_json())
         doc.pop("updated_at")
         doc.pop("seq")
+        doc["extra"].pop("created_at", None)  # wall-clock times of the two runs
         out.append(doc)
     return sorted(out, key=lambda d: d["item_id"])
 

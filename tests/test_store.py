@@ -9,7 +9,13 @@ import redis
 
 from bridge.core.errors import StoreUnavailable
 from bridge.store.item import SPS, WorklistItem
-from bridge.store.worklist_store import CandidateQuery, WorklistStore
+from bridge.store.worklist_store import (
+    CandidateQuery,
+    FenceLost,
+    OrderRelease,
+    Removed,
+    WorklistStore,
+)
 
 
 def make_item(
@@ -130,11 +136,53 @@ def test_batch_apply_is_atomic_per_message(store: WorklistStore, redis_client, k
     assert keys.index("order", "o") in idx
 
 
-def test_purge_expired(store: WorklistStore) -> None:
-    store.apply(upserts=[make_item(1), make_item(2)], expire_at={"it1": 100})
-    assert store.purge_expired(now=99) == 0
-    assert store.purge_expired(now=101) == 1
-    assert store.get("it1") is None and store.get("it2") is not None
+def test_expired_ids_are_bounded_and_soonest_first(store: WorklistStore) -> None:
+    store.apply(upserts=[make_item(n) for n in range(1, 5)],
+                expire_at={"it1": 300, "it2": 100, "it3": 200})  # fmt: skip
+    assert store.expired_ids(now=99, limit=10) == []
+    assert store.expired_ids(now=250, limit=10) == ["it2", "it3"]
+    assert store.expired_ids(now=1000, limit=2) == ["it2", "it3"]
+
+
+def test_remove_settles_the_orders_left_without_items(
+    store: WorklistStore, redis_client: redis.Redis, keys
+) -> None:
+    """A finished order keeps its record (a TTL only if it had none); an open order's
+    state and the aliases it lists get the open TTL; an order that still has items, and an
+    alias now pointing elsewhere, are left alone."""
+    store.apply(upserts=[make_item(1, order="done"), make_item(2, order="open"),
+                         make_item(3, order="busy"), make_item(4, order="busy")])  # fmt: skip
+    redis_client.hset(keys.order("done"), mapping={"final": "CANCELED", "canonical": "done"})
+    redis_client.hset(keys.order("open"), mapping={"canonical": "open",
+                                                   "aliases": '["F|1", "F|2"]'})  # fmt: skip
+    redis_client.hset(keys.order("F|1"), "canonical", "open")
+    redis_client.hset(keys.order("F|2"), "canonical", "someone-else")
+    redis_client.hset(keys.order("busy"), "canonical", "busy")
+    release = OrderRelease(("done", "open", "busy"), final_ttl_s=5000, open_ttl_s=700)
+    removed = store.remove(["it1", "it2", "it3"], release=release)
+    assert removed == Removed(items=3, order_states=3)
+    assert 4990 < redis_client.ttl(keys.order("done")) <= 5000
+    assert 690 < redis_client.ttl(keys.order("open")) <= 700
+    assert 690 < redis_client.ttl(keys.order("F|1")) <= 700
+    assert redis_client.ttl(keys.order("F|2")) == -1  # not this order's alias any more
+    assert redis_client.ttl(keys.order("busy")) == -1  # it4 is still there
+    assert store.get("it1") is None and store.ids_for("order", "busy") == ["it4"]
+    # Removed again with open_ttl 0 (an operator's delete): the open order goes at once,
+    # the finished order's record still stays until it expires.
+    store.remove(["it4"], release=OrderRelease(("busy", "done"), 5000, 0))
+    assert not redis_client.exists(keys.order("busy"))
+    assert redis_client.exists(keys.order("done"))
+
+
+def test_remove_fenced_writes_nothing_without_the_lock(
+    store: WorklistStore, redis_client: redis.Redis, keys
+) -> None:
+    store.apply(upserts=[make_item(1, order="o")])
+    redis_client.set(keys.apply_lock, "theirs")
+    with pytest.raises(FenceLost):
+        store.remove(["it1"], fence=(keys.apply_lock, "ours"),
+                     release=OrderRelease(("o",), 10, 0))  # fmt: skip
+    assert store.get("it1") is not None and store.ids_for("order", "o") == ["it1"]
 
 
 def test_unreachable_redis_is_transient(keys) -> None:

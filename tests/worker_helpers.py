@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import redis
 from intake_helpers import submit
@@ -14,17 +16,22 @@ from bridge.worker import rq_worker as workers
 
 
 def run(
-    client: redis.Redis, settings: Settings, *messages: str | bytes, ack_mode: str = "commit"
+    client: redis.Redis,
+    settings: Settings,
+    *messages: str | bytes,
+    ack_mode: str = "commit",
+    clock: Callable[[], float] = time.time,
 ) -> list[str]:
     """Submit ``messages`` in order (as the listener would), then drain them with a real
-    rq SimpleWorker in burst mode. Returns the message ids."""
+    rq SimpleWorker in burst mode (its plans and maintenance at ``clock``'s time).
+    Returns the message ids."""
     ids = [
         submit(
             client, settings, m.encode("latin-1") if isinstance(m, str) else m, ack_mode=ack_mode
         )
         for m in messages
     ]
-    ctx = workers.install(settings, client)
+    ctx = workers.install(settings, client, clock=clock)
     logging.getLogger("rq.worker").setLevel(logging.WARNING)
     worker = workers.make_worker(ctx)
     worker.work(burst=True, logging_level="WARNING")

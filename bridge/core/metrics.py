@@ -104,6 +104,14 @@ MESSAGES_LOST = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+ITEMS_EXPIRED = Counter(
+    "mwl_items_expired",
+    "Worklist items the workers' hygiene acted on, by SPS status before the action and "
+    "action (purged: deleted after its retention; hidden, discontinued, none: the idle "
+    "timeout's action, none = logged and counted only).",
+    ["status", "action"],
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",

@@ -138,10 +138,28 @@ class WorkerSettings:
     local_timezone: str = ""
     #: Attempts for a job that fails transiently (Redis down) before it is dead-lettered.
     max_retries: int = 5
-    #: Seconds a finished item stays (hidden) before purge, per final SPS status.
+    #: Seconds a finished item stays (hidden) after its last update before it is purged,
+    #: per final SPS status (every status in ``FINAL_SPS_STATUSES`` has its own setting).
     retention_completed_s: int = 24 * 3600
     retention_canceled_s: int = 600
     retention_discontinued_s: int = 600
+    #: Idle timeout: an item still SCHEDULED this many hours after the later of its SPS
+    #: start and its creation gets ``idle_action``. 0 = off (the default; 24-48 is a
+    #: sensible value for most departments, see docs/workers.md "Worklist hygiene").
+    idle_scheduled_after_h: float = 0.0
+    #: Idle timeout for STARTED items: hours after their last update. 0 = off (12-24 is
+    #: sensible where completion messages can be lost).
+    idle_started_after_h: float = 0.0
+    #: What the idle timeout does: ``hide`` (not returned to modalities, purged after
+    #: ``idle_hidden_retention_s``), ``discontinue`` (status DISCONTINUED, purged after
+    #: ``retention_discontinued_s``) or ``none`` (logged and counted only). A later message
+    #: of the RIS for the order is applied as if the timeout had not acted.
+    idle_action: str = field(default="hide", metadata=_choices("hide", "discontinue", "none"))
+    #: How long an item hidden by the idle timeout is kept before it is purged.
+    idle_hidden_retention_s: int = 7 * 24 * 3600
+    #: Items each maintenance pass purges at most, and idle items it acts on at most (the
+    #: rest waits for the next pass, so a pass holds the apply lock only briefly).
+    hygiene_batch_size: int = 500
     #: How long the state of an order with no final message is kept after its last change.
     order_state_retention_s: int = 90 * 24 * 3600
     #: How long the record of a finished (CA/DC/CM) order is kept, so a replay or a resent
@@ -166,7 +184,7 @@ class WorkerSettings:
     #: The ingest head may wait unparsed this long (its worker crashed mid-parse) before a
     #: worker's maintenance step parses it itself; this bounds the crash recovery latency.
     stuck_head_s: float = 30.0
-    #: rq maintenance interval (registry cleanup + stuck-head check), seconds.
+    #: Maintenance interval (rq registry cleanup, stuck-head check, worklist hygiene), seconds.
     maintenance_interval_s: int = 10
     #: TTL of the apply lock; it is renewed before each message is applied.
     apply_lock_ttl_s: float = 30.0
@@ -354,12 +372,13 @@ def _validate(key: str, value: Any) -> None:
         raise ConfigError(key, f"{value!r} is not one of: {', '.join(choices)}")
     if key in _PORT_KEYS and not 0 <= value <= 65535:
         raise ConfigError(key, f"{value} is not a TCP port (0-65535; 0 = any free port)")
-    counted = ("_s", "_bytes", "max_connections", "max_associations", "max_results", "workers")
+    counted = ("_s", "_h", "_bytes", "max_connections", "max_associations", "max_results",
+               "workers")  # fmt: skip
     if key.endswith(counted) and value < 0:
         raise ConfigError(key, f"{value} must not be negative")
     at_least_one = (
         "mllp.max_frame_bytes", "mllp.max_connections", "scp.max_associations",
-        "worker.batch_size",
+        "worker.batch_size", "worker.hygiene_batch_size",
     )  # fmt: skip
     if key in at_least_one and value < 1:
         raise ConfigError(key, f"{value} must be at least 1")

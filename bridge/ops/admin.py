@@ -38,6 +38,7 @@ from bridge.store.connections import sync_client
 from bridge.store.item import WorklistItem, to_dataset
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import CandidateQuery, FenceLost, WorklistStore, status_counts
+from bridge.worker import hygiene
 
 EXIT_NOT_FOUND = 1
 EXIT_UNAVAILABLE = 1
@@ -116,6 +117,14 @@ def _query(args: argparse.Namespace) -> CandidateQuery:
     return CandidateQuery(equals=equals, start_min=lo, start_max=hi)
 
 
+def _status_note(item: WorklistItem) -> str:
+    """Why an item is not what a modality sees: the idle timeout acted on it (hidden,
+    discontinued or only flagged), or the RIS holds it (HD)."""
+    if item.idle is not None:
+        return " (idle)"
+    return " (held)" if item.hidden else ""
+
+
 def item_row(item: WorklistItem) -> dict[str, Any]:
     sps = item.sps
     return {
@@ -124,7 +133,7 @@ def item_row(item: WorklistItem) -> dict[str, Any]:
         "time": sps.get("ScheduledProcedureStepStartTime", ""),
         "modality": _first(sps.get("Modality")),
         "station": _first(sps.get("ScheduledStationAETitle")),
-        "status": item.status + (" (held)" if item.hidden else ""),
+        "status": item.status + _status_note(item),
         "accession": _first(item.attrs.get("AccessionNumber")),
         "patient_id": _first(item.attrs.get("PatientID")),
         "sps_id": _first(sps.get("ScheduledProcedureStepID")),
@@ -162,6 +171,12 @@ def worklist_show(settings: Settings, args: argparse.Namespace) -> int:
     updated = _iso(item.updated_at) if item.updated_at else "-"
     print(f"# item {item.item_id}  order={item.order_key or '-'}  worklist={item.worklist or '-'}")
     print(f"# status={item.status}  held={item.hidden}  seq={item.seq}  updated={updated}")
+    if item.idle is not None:
+        idle = item.idle
+        print(
+            f"# idle timeout: {idle.get('action')} at {_iso(float(idle.get('at') or 0))}"
+            f" (was {idle.get('status')}{', held' if idle.get('hidden') else ''})"
+        )
     ds = to_dataset(item.attrs)
     ds.SpecificCharacterSet = "ISO_IR 192"  # the dump is Unicode; say so in the header
     print(ds)
@@ -387,7 +402,12 @@ _INFO_FIELDS = {
 }  # fmt: skip
 
 
-def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+def collect_status(
+    client: redis.Redis, keys: Keys, settings: Settings | None = None
+) -> dict[str, Any]:
+    """Everything ``status`` shows, from Redis. The hygiene settings are the ones the
+    workers reported (they may run with another configuration than this command);
+    before any worker has, those of ``settings`` (``hygiene.settings_source``)."""
     from rq import Queue, Worker
     from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -424,8 +444,73 @@ def collect_status(client: redis.Redis, keys: Keys) -> dict[str, Any]:
             "by_status": {s: n for s, n in status_counts(client, keys).items() if n},
         },
         "deadletters": deadletter.count(client, keys),
+        "hygiene": _hygiene_status(client, keys, settings),
         "redis": info,
     }
+
+
+def _hygiene_status(client: redis.Redis, keys: Keys, settings: Settings | None) -> dict[str, Any]:
+    report = hygiene.report(client, keys, time.time())
+    report["settings_source"] = "workers"
+    if report["settings"] is None:
+        local = settings.worker if settings is not None else None
+        report["settings"] = hygiene.settings_doc(local) if local is not None else None
+        report["settings_source"] = "this command" if local is not None else "unknown"
+    return report
+
+
+def _span(seconds: float) -> str:
+    """A duration for people: 600 → 10m, 86400 → 1d, 129600 → 36h."""
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _counts(by_status: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()) if v)
+
+
+def _hygiene_text(h: dict[str, Any]) -> list[str]:
+    pad = " " * 13
+    lines: list[str] = []
+    cfg = h["settings"]
+    if cfg is not None:
+        retention = ", ".join(f"{st} {_span(v)}" for st, v in sorted(cfg["retention_s"].items()))
+        idle = ", ".join(
+            f"{st} {_span(cfg[key] * 3600) if cfg[key] > 0 else 'off'}"
+            for st, key in (("SCHEDULED", "idle_scheduled_after_h"),
+                            ("STARTED", "idle_started_after_h"))
+        )  # fmt: skip
+        lines.append(f"Hygiene      retention after the last update: {retention}")
+        lines.append(
+            f"{pad}idle timeout: {idle}; action {cfg['idle_action']} "
+            f"(hidden items kept {_span(cfg['idle_hidden_retention_s'])})"
+        )
+        source = h["settings_source"]
+        if source == "workers":
+            lines.append(
+                f"{pad}settings reported by worker {h['settings_by']} at {h['settings_at']}"
+            )
+        else:
+            lines.append(f"{pad}settings of {source}: no worker has reported its own yet")
+    else:
+        lines.append("Hygiene      settings unknown: no worker has reported yet")
+    done = "; ".join(f"{action} {_counts(by)}" for action, by in h["done"].items() if _counts(by))
+    lines.append(f"{pad}done since {h['since'] or '-'}: {done or 'nothing'}")
+    w = h["waiting"]
+    parts = [_counts(w["by_status"])]
+    if w["idle_hidden"]:
+        parts.append(f"idle-hidden {w['idle_hidden']}")
+    detail = ", ".join(p for p in parts if p)
+    lines.append(
+        f"{pad}waiting for purge {w['total']}"
+        + (f" ({detail})" if detail else "")
+        + f", overdue {w['overdue']}"
+        + (f", next at {w['next_at']}" if w["next_at"] else "")
+    )
+    return lines
 
 
 def _status_text(url: str, st: dict[str, Any]) -> str:
@@ -442,6 +527,7 @@ def _status_text(url: str, st: dict[str, Any]) -> str:
     by_status = ", ".join(f"{k} {v}" for k, v in sorted(st["items"]["by_status"].items()))
     lines.append(f"Items        {st['items']['total']} ({by_status or 'none'})")
     lines.append(f"Dead letters {st['deadletters']}")
+    lines.extend(_hygiene_text(st["hygiene"]))
     lines.append("")
     lines.append(table([{"key": k, "value": v} for k, v in st["redis"].items()], ("key", "value")))
     return "\n".join(lines)
@@ -451,7 +537,7 @@ def status_command(settings: Settings, args: argparse.Namespace) -> int:
     url = redis_url(settings)
     client, keys = _open(settings)
     try:
-        st = collect_status(client, keys)
+        st = collect_status(client, keys, settings)
     except (redis.RedisError, StoreUnavailable) as exc:
         return _fail(f"Redis {mask_url(url)} unavailable: {exc}")
     _emit(st, args.json, _status_text(url, st))

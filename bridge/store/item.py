@@ -85,7 +85,26 @@ class WorklistItem:
     seq: int = 0
     #: Epoch seconds of the last change.
     updated_at: float = 0.0
+    #: Bookkeeping that is not DICOM: ``obr`` (the OBR position that last wrote the item),
+    #: ``created_at`` and ``idle`` (see the properties). Kept here rather than as new
+    #: fields so that a store stays readable by the release before (``from_json`` of that
+    #: release rejects unknown fields): a roll-back must not break the SCP.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- bookkeeping ------------------------------------------------------------------
+    @property
+    def created_at(self) -> float:
+        """Epoch seconds at which the item was created; items stored before this was
+        recorded answer their last change (``updated_at``), never an earlier time."""
+        return float(self.extra.get("created_at") or self.updated_at)
+
+    @property
+    def idle(self) -> dict[str, Any] | None:
+        """What the workers' idle timeout did to the item, or None: ``{"action": "hide" |
+        "discontinue" | "none", "at": epoch, "status": ..., "hidden": ...}`` with the
+        status and hidden flag the RIS had left (restored by its next message)."""
+        mark = self.extra.get("idle")
+        return mark if isinstance(mark, dict) else None
 
     # -- SPS accessors ----------------------------------------------------------------
     @property
@@ -131,6 +150,8 @@ class WorklistItem:
         pairs.append(("worklist", self.worklist))
         if self.order_key:
             pairs.append(("order", self.order_key))
+        if self.idle is not None:
+            pairs.append(("idle", str(self.idle.get("action", ""))))
         return pairs
 
     # -- serialisation -----------------------------------------------------------------

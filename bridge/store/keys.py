@@ -114,6 +114,13 @@ class Keys:
         """Sorted set: item id scored by the epoch second at which it is purged."""
         return f"{self.prefix}:expiry"
 
+    @property
+    def hygiene(self) -> str:
+        """Hash: what the workers' worklist hygiene did (``<action>:<status>`` counters,
+        ``since``, ``last_at``) and the settings it runs with (``settings``, ``settings_by``),
+        for ``mwl-bridge status`` in another process (``bridge.worker.hygiene``)."""
+        return f"{self.prefix}:hygiene"
+
     # -- liveness ----------------------------------------------------------------------
     def heartbeat(self, role: str, instance: str) -> str:
         """String with TTL: a running listener/worker/scp instance announces itself."""

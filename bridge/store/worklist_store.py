@@ -6,7 +6,8 @@ Layout (templates in :mod:`bridge.store.keys`):
 * ``idx:start`` — sorted set, score = SPS start as the number ``YYYYMMDDHHMMSS``;
 * ``idx:<field>:<value>`` — sets of ids for the equality indexes in :data:`INDEXED_FIELDS`;
 * ``itemidx:<id>`` — the index keys an item is in, so an update removes stale entries;
-* ``expiry`` — sorted set, score = epoch second at which a finished item is purged.
+* ``expiry`` — sorted set, score = epoch second from which a finished (or idle-hidden)
+  item is purged by the workers' hygiene (``bridge.worker.hygiene``).
 
 Writes go through one Lua script per batch (``lua/store_apply.lua``), so a reader
 never sees an item without its indexes or an index entry without its item, and all
@@ -45,6 +46,8 @@ INDEXED_FIELDS: dict[str, str] = {
     "status": "Scheduled Procedure Step Status (0040,0020)",
     "worklist": "logical worklist label (per called AE); '' = default",
     "order": "order key (sender + placer/filler order numbers)",
+    "idle": "what the idle timeout did to a stale item (hide, discontinue, none); no entry "
+    "for the others",
 }
 
 _LOAD_CHUNK = 256
@@ -61,6 +64,33 @@ class AlreadyStored(BridgeError):
         super().__init__(message)
         #: True: an item with this id exists; False: same Study Instance UID + SPS ID.
         self.same_id = same_id
+
+
+@dataclass(frozen=True)
+class OrderRelease:
+    """What becomes of the state of orders that a removal leaves without items
+    (``lua/release_orders.lua``): a finished order keeps its record (a hash without a TTL
+    gets ``final_ttl_s``); any other order's state and aliases get ``open_ttl_s``, or are
+    deleted at once when it is 0."""
+
+    #: Canonical order names (``WorklistItem.order_key``) of the removed items.
+    orders: tuple[str, ...]
+    final_ttl_s: int
+    open_ttl_s: int
+
+    def doc(self) -> dict[str, Any]:
+        return {
+            "orders": sorted(set(self.orders)),
+            "final_ttl": int(self.final_ttl_s),
+            "open_ttl": int(self.open_ttl_s),
+        }
+
+
+@dataclass(frozen=True)
+class Removed:
+    items: int
+    #: Order state and alias hashes given a TTL or deleted (see :class:`OrderRelease`).
+    order_states: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +163,7 @@ class WorklistStore:
         self._keys = keys
         self._apply = lua.register(client, "store", "store_apply")
         self._insert_new = lua.register(client, "store", "insert_new")
+        self._remove = lua.register(client, "store", "store_remove")
 
     @property
     def keys(self) -> Keys:
@@ -148,7 +179,7 @@ class WorklistStore:
     ) -> int:
         """Atomically write ``upserts`` (with their indexes) and remove ``deletes``.
 
-        ``expire_at`` maps item ids to the epoch second at which :meth:`purge_expired`
+        ``expire_at`` maps item ids to the epoch second from which the workers' hygiene
         removes them (finished items); items not in it lose any earlier expiry.
         ``fence`` = (key, token): write only while ``key`` still holds ``token`` (the
         workers' apply lock), else raise :class:`FenceLost` and write nothing.
@@ -222,13 +253,41 @@ class WorklistStore:
     def delete(self, item_ids: Iterable[str]) -> int:
         return self.apply(deletes=list(item_ids))
 
-    def purge_expired(self, now: float) -> int:
-        """Remove finished items whose retention ended before ``now`` (epoch seconds)."""
+    def remove(
+        self,
+        item_ids: Iterable[str],
+        fence: tuple[str, str] | None = None,
+        release: OrderRelease | None = None,
+    ) -> Removed:
+        """Atomically delete items with their index and expiry entries and, with
+        ``release``, settle the state of the orders left without items
+        (:class:`OrderRelease`). ``fence`` as for :meth:`apply`."""
+        batch = batch_json(self._keys, deletes=list(item_ids))
+        if batch is None:
+            return Removed(0, 0)
+        k = self._keys
+        keys = [k.index_start, k.expiry]
+        rel = release or OrderRelease((), 0, 0)
+        args = [batch, k.order(""), k.index("order", ""), json.dumps(rel.doc())]
+        if fence is not None:
+            keys.append(fence[0])
+            args.append(fence[1])
         try:
-            ids = [i.decode() for i in self._r.zrangebyscore(self._keys.expiry, 0, now)]
+            reply = self._remove(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise StoreUnavailable(f"worklist removal failed: {exc}") from exc
+        if not isinstance(reply, list):
+            raise FenceLost("the apply lock was lost before the worklist removal")
+        return Removed(int(reply[0]), int(reply[1]))
+
+    def expired_ids(self, now: float, limit: int) -> list[str]:
+        """Ids whose purge time (the ``expiry`` score) is ``now`` or earlier, soonest
+        first, at most ``limit``."""
+        try:
+            raw = self._r.zrangebyscore(self._keys.expiry, "-inf", now, start=0, num=limit)
         except redis.RedisError as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return self.delete(ids) if ids else 0
+        return [i.decode() for i in raw]
 
     # -- reads ------------------------------------------------------------------------
     def get(self, item_id: str) -> WorklistItem | None:

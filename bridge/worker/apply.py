@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -90,6 +89,8 @@ class RunApply:
     _finalize: Script
     _drop_missing: Script
     _reject: Callable[..., None]  # BatchParse's
+    #: The time source of the plans (epoch seconds; tests inject one).
+    clock: Callable[[], float]
 
     def apply_in_background(self) -> None:
         """From now on a fresh batch's outcomes are stored and applied by a thread while
@@ -242,7 +243,7 @@ class RunApply:
         """(item batch for the finalize script or None, order states, order names, log
         records, application-ACK verdict)."""
         try:
-            plan = self.planner.plan(result, time.time(), seq)
+            plan = self.planner.plan(result, self.clock(), seq)
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:

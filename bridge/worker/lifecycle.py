@@ -43,6 +43,7 @@ resent NW cannot resurrect it; an order without items expires after
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,11 +137,30 @@ def _stripped(alias: str) -> str | None:
 
 
 def retention_s(settings: WorkerSettings, status: str) -> int:
-    return {
-        SpsStatus.COMPLETED: settings.retention_completed_s,
-        SpsStatus.CANCELED: settings.retention_canceled_s,
-        SpsStatus.DISCONTINUED: settings.retention_discontinued_s,
-    }.get(SpsStatus(status), settings.retention_canceled_s)
+    """Seconds an item in the final status ``status`` stays after its last update before
+    it is purged: ``worker.retention_<status>_s``. A status without a setting of its own
+    (one added to ``FINAL_SPS_STATUSES`` later, or a value a mapping invented) gets the
+    longest of them: never kept forever, never purged at once."""
+    per_status = {
+        str(s): getattr(settings, f"retention_{str(s).lower()}_s", None) for s in FINAL_SPS_STATUSES
+    }
+    own = per_status.get(status)
+    if isinstance(own, int):
+        return own
+    return max(v for v in per_status.values() if isinstance(v, int))
+
+
+def ris_view(item: WorklistItem) -> WorklistItem:
+    """``item`` as the RIS left it: the status and hidden flag from before the idle timeout
+    acted (:mod:`bridge.worker.hygiene`), the mark removed. A message of the RIS is planned
+    on this view, so it is applied as if the timeout had not acted: the hygiene never
+    overrides what the RIS says next (an SC to IP, an XO with a new date, a CA)."""
+    mark = item.idle
+    if mark is not None:
+        item.extra.pop("idle", None)
+        item.sps[STATUS_KEY] = str(mark.get("status") or item.status)
+        item.hidden = bool(mark.get("hidden"))
+    return item
 
 
 def item_id(order_key: str, rpid: str, spsid: str) -> str:
@@ -184,6 +204,13 @@ class Planner:
             known = bool(state) or self._has_items(plan, canonical)
             self._group(plan, group, canonical, state, known, now, seq)
             if state:
+                # The canonical hash lists the aliases pointing to it, so that the state
+                # of an order left without items can be settled without a scan
+                # (store/lua/release_orders.lua).
+                listed = set(json.loads(state.get("aliases") or "[]"))
+                named = {a for a in aliases if a != canonical}
+                if not named <= listed:
+                    state["aliases"] = json.dumps(sorted(listed | named))
                 ttl = self.settings.order_state_retention_s
                 if state.get("final"):
                     ttl = max(
@@ -268,7 +295,7 @@ class Planner:
         for alias in aliases:
             ids = self._order_ids(alias)
             if ids:
-                held = any(it.hidden for it in self.store.load(ids))
+                held = any(ris_view(it).hidden for it in self.store.load(ids))
                 return alias, {"canonical": alias, "hidden": "1" if held else ""}
         # A number several senders used before the upgrade stays scoped by sender.
         return (f"{sender}|{aliases[0]}" if ambiguous else aliases[0]), {}
@@ -426,7 +453,9 @@ class Planner:
         ids = set(self._order_ids(canonical))
         ids |= {i for i, it in plan.upserts.items() if it.order_key == canonical}
         staged = [plan.upserts[i] for i in sorted(ids) if i in plan.upserts]
-        stored = list(self.store.load(sorted(i for i in ids if i not in plan.upserts)))
+        stored = [
+            ris_view(it) for it in self.store.load(sorted(i for i in ids if i not in plan.upserts))
+        ]
         return sorted([*staged, *stored], key=lambda it: it.item_id)
 
     def _group(
@@ -519,6 +548,8 @@ class Planner:
                     item = _merge(old, mi)
                 elif action == "create" or mi.complete:
                     item = new_item(iid, canonical, mi)
+                    # The idle timeout counts from the later of the SPS start and this.
+                    item.extra["created_at"] = now
                     # A new procedure of a held order is held like the rest of it.
                     item.hidden = state.get("hidden") == "1"
                 else:
@@ -561,15 +592,16 @@ class Planner:
             it.seq = seq
             it.updated_at = now
             plan.upserts[it.item_id] = it
+            # Retention counts from the item's last update, re-armed by every update.
             if it.status in FINAL_SPS_STATUSES:
-                plan.expire_at[it.item_id] = now + retention_s(self.settings, it.status)
+                plan.expire_at[it.item_id] = it.updated_at + retention_s(self.settings, it.status)
             else:
                 plan.expire_at.pop(it.item_id, None)
         for it in dropped:
             it.seq = seq
             it.updated_at = now
             plan.upserts[it.item_id] = it
-            plan.expire_at[it.item_id] = now + retention_s(self.settings, it.status)
+            plan.expire_at[it.item_id] = it.updated_at + retention_s(self.settings, it.status)
             plan.logs.append(
                 (logging.INFO, "order.procedure_dropped",
                  fields(**event["fields"], item=it.item_id))

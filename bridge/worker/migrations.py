@@ -11,6 +11,12 @@ number, the alias is marked ``ambiguous`` instead and each sender's own old name
 finding its order (a message is then matched by its sender, as before the upgrade; a
 site in that situation should say ``order_scope: sender``).
 
+Schema 3 (worklist hygiene, issue #12): a canonical order hash lists the aliases that
+point to it in its ``aliases`` field (JSON), which the planner now keeps, so that the
+state of an order left without items is settled with its aliases without a scan of every
+order (``store/lua/release_orders.lua``). The upgrade fills the field for orders written
+before, from the alias hashes' ``canonical`` field.
+
 The upgrade takes the workers' apply lock and records the schema version last
 (``keys.schema``): it runs once, and again after a crash in the middle (each step is
 idempotent). No message is applied before it: the script that takes the apply lock
@@ -20,6 +26,7 @@ then runs the upgrade first.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -33,7 +40,7 @@ from bridge.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BATCH = 500
 _LOCK_MS = 30_000
 
@@ -67,7 +74,11 @@ def upgrade(client: redis.Redis, keys: Keys, wait_s: float = 0.0) -> int | None:
         try:
             if current(client, keys) >= SCHEMA_VERSION:
                 return 0
-            aliased, ambiguous = _alias_legacy_orders(client, keys, token)
+            aliased = ambiguous = 0
+            if current(client, keys) < 2:
+                aliased, ambiguous = _alias_legacy_orders(client, keys, token)
+                client.set(keys.schema, 2)
+            listed = _list_aliases(client, keys)
             client.set(keys.schema, SCHEMA_VERSION)
         finally:
             client.eval(_RELEASE_LUA, 1, keys.apply_lock, token)
@@ -75,7 +86,12 @@ def upgrade(client: redis.Redis, keys: Keys, wait_s: float = 0.0) -> int | None:
         raise StoreUnavailable(f"store upgrade failed: {exc}") from exc
     log.info(
         "store.upgraded",
-        extra=fields(schema=SCHEMA_VERSION, orders_aliased=aliased, ambiguous=ambiguous),
+        extra=fields(
+            schema=SCHEMA_VERSION,
+            orders_aliased=aliased,
+            ambiguous=ambiguous,
+            alias_lists=listed,
+        ),
     )
     if ambiguous:
         log.warning("store.upgrade_ambiguous_numbers", extra=fields(numbers=ambiguous))
@@ -140,3 +156,43 @@ def _alias_legacy_orders(client: redis.Redis, keys: Keys, token: str) -> tuple[i
                 aliased += 1
         pipe.execute()
     return aliased, ambiguous
+
+
+def _list_aliases(client: redis.Redis, keys: Keys) -> int:
+    """Schema 3: write each canonical order's ``aliases`` field from the alias hashes that
+    point to it; returns how many canonical hashes got one. Merged with what the field
+    already holds (idempotent); a canonical hash that no longer exists is not created."""
+    prefix = keys.order("")
+    pointing: dict[str, set[str]] = {}
+    names = [
+        raw.decode()[len(prefix) :] for raw in client.scan_iter(match=keys.order("*"), count=1000)
+    ]
+    for start in range(0, len(names), _BATCH):
+        batch = names[start : start + _BATCH]
+        pipe = client.pipeline(transaction=False)
+        for name in batch:
+            pipe.hget(keys.order(name), "canonical")
+        for name, canonical in zip(batch, pipe.execute(), strict=True):
+            if canonical and canonical.decode() != name:
+                pointing.setdefault(canonical.decode(), set()).add(name)
+    targets = sorted(pointing)
+    written = 0
+    for start in range(0, len(targets), _BATCH):
+        client.pexpire(keys.apply_lock, _LOCK_MS)  # a large store takes a while
+        batch = targets[start : start + _BATCH]
+        pipe = client.pipeline(transaction=False)
+        for canonical in batch:
+            pipe.exists(keys.order(canonical))
+            pipe.hget(keys.order(canonical), "aliases")
+        replies = pipe.execute()
+        pipe = client.pipeline(transaction=True)
+        for canonical, exists, listed in zip(batch, replies[0::2], replies[1::2], strict=True):
+            if not exists:
+                continue
+            merged = set(json.loads(listed)) if listed else set()
+            merged |= pointing[canonical]
+            # HSET keeps the hash's TTL: a finished order still expires when it would have.
+            pipe.hset(keys.order(canonical), "aliases", json.dumps(sorted(merged)))
+            written += 1
+        pipe.execute()
+    return written

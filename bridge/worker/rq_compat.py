@@ -17,7 +17,7 @@ What the fast path does, and the internals it touches:
   ``handle_job_success``) and private ``Job`` attributes (``_handle_success``,
   ``_status``, the ``_*_callback_name`` fields), ``rq.rate_limit.release_slot``.
 * **The maintenance hook**: ``run_maintenance_tasks`` overridden to add the bridge's
-  maintenance step (stuck-head recovery, retention purge).
+  maintenance step (stuck-head recovery, worklist hygiene).
 * **rq's key layout** (:func:`batch_keys`): the queue list, the job hash prefix and the
   workers-of-a-queue set, which the batch claim script reads and changes directly.
 """

@@ -5,7 +5,8 @@ worker process builds a :class:`WorkerContext` once (settings, Redis client, map
 files, warmed hl7apy models) and stashes it in this module before rq starts; forked
 work horses inherit it. Maintenance every ``worker.maintenance_interval_s`` runs rq's
 registry cleanup plus :meth:`~bridge.worker.sequencer.Sequencer.recover` (stuck ingest
-head) and purges finished worklist items whose retention ended. SIGTERM is rq's warm
+head) and a worklist hygiene pass (:mod:`bridge.worker.hygiene`: retention purge and idle
+timeout, under the apply lock). SIGTERM is rq's warm
 shutdown: the current job finishes, then the worker exits. What rq itself must do for
 that (hooks, key layout, lean bookkeeping) is in :mod:`bridge.worker.rq_compat`.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -34,6 +36,7 @@ from bridge.store.connections import sync_client
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
 from bridge.worker import migrations, rq_compat
+from bridge.worker.hygiene import Hygiene, PassResult
 from bridge.worker.mapping.apply import MappingResult, map_message
 from bridge.worker.mapping.load import MappingRegistry
 from bridge.worker.sequencer import Sequencer
@@ -49,6 +52,9 @@ class WorkerContext:
     store: WorklistStore
     mappings: MappingRegistry
     sequencer: Sequencer
+    hygiene: Hygiene
+    #: Epoch seconds now: the time of plans and of hygiene passes (tests inject one).
+    clock: Callable[[], float] = field(default=time.time)
 
     def parse(self, message_id: str, meta: dict[str, Any]) -> MappingResult:
         """Decode, parse and map one message hash (``raw`` + MSH metadata).
@@ -76,7 +82,11 @@ class WorkerContext:
 _CONTEXT: WorkerContext | None = None
 
 
-def install(settings: Settings, client: redis.Redis | None = None) -> WorkerContext:
+def install(
+    settings: Settings,
+    client: redis.Redis | None = None,
+    clock: Callable[[], float] = time.time,
+) -> WorkerContext:
     """Build the process-wide context (call once per worker process, before forking)."""
     global _CONTEXT
     hl7apy_compat.install()
@@ -87,8 +97,9 @@ def install(settings: Settings, client: redis.Redis | None = None) -> WorkerCont
     keys = Keys(settings.redis.key_prefix)
     store = WorklistStore(client, keys)
     mappings = MappingRegistry(settings.worker.mapping, settings.worker.sender_mappings)
-    ctx = WorkerContext(settings, client, keys, store, mappings, None)  # type: ignore[arg-type]
-    ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse)
+    hygiene = Hygiene(client, keys, store, settings.worker)
+    ctx = WorkerContext(settings, client, keys, store, mappings, None, hygiene, clock)  # type: ignore[arg-type]
+    ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse, clock)
     # Before the first message is applied: a store written by an earlier release is
     # brought to this release's layout (once, under the apply lock; if another worker
     # holds it, the first apply does it: acquire.lua refuses an old layout).
@@ -101,15 +112,23 @@ def context() -> WorkerContext:
     return _CONTEXT or install(load_settings())
 
 
-def maintenance(ctx: WorkerContext) -> None:
-    """Stuck-head recovery and retention purge; errors are logged, never fatal."""
+def maintenance(ctx: WorkerContext, now: float | None = None) -> PassResult | None:
+    """Stuck-head recovery, then a worklist hygiene pass at ``now`` (default: the
+    context's clock); errors are logged, never fatal. Returns what the hygiene pass did
+    (None when it failed)."""
     try:
         ctx.sequencer.recover()
-        purged = ctx.store.purge_expired(time.time())
-        if purged:
-            log.info("worklist.purged", extra=fields(items=purged))
     except Exception as exc:
         log_failure(log, "maintenance.failed", exc)
+    try:
+        result = ctx.hygiene.run(ctx.clock() if now is None else now)
+        if result.head_parsed:
+            # A worker stored an outcome while the pass held the lock and left it to us.
+            ctx.sequencer.drain()
+        return result
+    except Exception as exc:
+        log_failure(log, "hygiene.failed", exc)
+        return None
 
 
 def make_worker(ctx: WorkerContext, name: str | None = None) -> BaseWorker:

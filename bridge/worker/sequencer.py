@@ -33,6 +33,8 @@ The scripts are ``bridge/worker/lua/*.lua``, each with its KEYS, ARGV and guaran
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import redis
 
@@ -68,8 +70,10 @@ class Sequencer(BatchParse, RunApply, HeadRecovery):
         store: WorklistStore,
         settings: WorkerSettings,
         parse: ParseFn,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.r = client
+        self.clock = clock
         self.keys = keys
         self.store = store
         self.settings = settings
