@@ -24,6 +24,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import redis
 from rq import Queue, Retry
@@ -182,6 +183,63 @@ def submit(
     except redis.RedisError as exc:
         raise StoreUnavailable(f"intake write failed: {type(exc).__name__}: {exc}") from exc
     raise StoreUnavailable("intake write failed: dedupe key kept changing under WATCH")
+
+
+#: MSH-9 stand-in of an internal message (not HL7): what the worker dispatches on.
+INTERNAL_MPPS = "MPPS"
+
+
+def queue_internal(
+    pipe: Any,
+    keys: Keys,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    source: str,
+    control_id: str,
+    max_retries: int,
+    received_at: float,
+) -> str:
+    """Add an internal message (not HL7, e.g. an MPPS status change from the SCP) to an
+    open MULTI/EXEC ``pipe``, in the same ingest order as the HL7 messages: its hash
+    (``raw`` = the payload as UTF-8 JSON, ``message_type`` = ``kind``), the ingest line and
+    its rq job. The caller adds its own writes to the same transaction and executes it,
+    so the effect and its record are durable together. Returns the message id.
+
+    ``source`` names where it came from (the calling AE title) and ``control_id`` makes
+    it findable in logs and dead letters; no patient data in either.
+    """
+    message_id = uuid.uuid4().hex
+    raw = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    pipe.hset(
+        keys.message(message_id),
+        mapping={
+            "raw": raw,
+            "received_at": repr(received_at),
+            "peer": f"internal:{source}",
+            "sending_app": source,
+            "sending_facility": "",
+            "receiving_app": "",
+            "receiving_facility": "",
+            "control_id": control_id,
+            "message_type": kind,
+            "version": "",
+            "charset": "",
+            "processing_id": "P",
+            "ack_mode": "commit",
+        },
+    )
+    pipe.rpush(keys.ingest_order, message_id)
+    Queue(keys.queue_name(), connection=pipe).enqueue_call(
+        JOB_FUNC,
+        args=(message_id,),
+        job_id=f"{JOB_ID_PREFIX}{message_id}",
+        retry=Retry(max=max_retries, interval=RETRY_INTERVALS_S),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        pipeline=pipe,
+    )
+    return message_id
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,34 @@ class Keys:
         for ``mwl-bridge status`` in another process (``bridge.worker.hygiene``)."""
         return f"{self.prefix}:hygiene"
 
+    # -- MPPS (Modality Performed Procedure Step, PS3.4 Annex F) -----------------------
+    def mpps(self, sop_instance_uid: str) -> str:
+        """Hash: one MPPS instance (its attributes as JSON, status, links to items)."""
+        return f"{self.prefix}:mpps:{sop_instance_uid}"
+
+    @property
+    def mpps_index(self) -> str:
+        """Sorted set: MPPS SOP Instance UIDs scored by creation time (``mpps list``)."""
+        return f"{self.prefix}:mppsidx"
+
+    # -- outbound HL7 (procedure status back to the RIS) -------------------------------
+    def outbound(self, message_id: str) -> str:
+        """Hash: one outbound HL7 message (``raw`` bytes, order, control id, attempts)."""
+        return f"{self.prefix}:out:{message_id}"
+
+    def outbound_queue(self, order_key: str) -> str:
+        """List: outbound message ids of one order, oldest first (delivered in order)."""
+        return f"{self.prefix}:outq:{order_key}"
+
+    @property
+    def outbound_pending(self) -> str:
+        """Set: orders whose outbound queue is not empty."""
+        return f"{self.prefix}:outpending"
+
+    def outbound_queue_name(self) -> str:
+        """rq queue name for outbound deliveries."""
+        return f"{self.prefix}-outbound"
+
     # -- liveness ----------------------------------------------------------------------
     def heartbeat(self, role: str, instance: str) -> str:
         """String with TTL: a running listener/worker/scp instance announces itself."""

@@ -10,7 +10,7 @@
 -- ARGV[3]  lock TTL in ms      ARGV[4]  parsed:<id> prefix  ARGV[5]  msg:<id> prefix
 -- ARGV[6]  run limit (messages) for the next run
 -- ARGV[7]  the run as JSON, in line order: [{"h": message id,
---          "s": [[order key, {field: value}, ttl s (0 = persist)], ...],
+--          "s": [[hash key, {field: value}, ttl s (0 = persist, <0 = leave as is)], ...],
 --          "b": item batch (store.worklist_store.batch_doc) or false,
 --          "v": the application-ACK verdict (JSON), "r": result:<id> key or false}, ...]
 -- ARGV[8]  TTL in s of a pushed verdict
@@ -42,7 +42,11 @@ for _, e in ipairs(entries) do
   end
   for _, st in ipairs(e.s) do
     for k, v in pairs(st[2]) do redis.call('HSET', st[1], k, v) end
-    if st[3] > 0 then redis.call('EXPIRE', st[1], st[3]) else redis.call('PERSIST', st[1]) end
+    if st[3] > 0 then
+      redis.call('EXPIRE', st[1], st[3])
+    elseif st[3] == 0 then
+      redis.call('PERSIST', st[1])
+    end
   end
 end
 local run, seq = parsed_run(KEYS[2], KEYS[3], ARGV[4], tonumber(ARGV[6]))
