@@ -112,6 +112,19 @@ ITEMS_EXPIRED = Counter(
     ["status", "action"],
     registry=REGISTRY,
 )
+MPPS_APPLIED = Counter(
+    "mwl_mpps_applied",
+    "MPPS status changes applied by the workers, by outcome (linked: items found and "
+    "changed; unscheduled: no SPS named; unlinked: no item found).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+MPPS_PATIENT_MISMATCH = Counter(
+    "mwl_mpps_patient_mismatch",
+    "Items an MPPS linked to whose Patient ID differs from the MPPS's (flagged on the "
+    "instance, see mpps show).",
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",

@@ -207,8 +207,12 @@ def queue_internal(
     so the effect and its record are durable together. Returns the message id.
 
     ``source`` names where it came from (the calling AE title) and ``control_id`` makes
-    it findable in logs and dead letters; no patient data in either.
+    it findable in logs and dead letters; no patient data in either. The transaction must
+    be started (``pipe.multi()``) before the caller's first command, as rq's enqueue needs
+    an explicit one; called first, this starts it.
     """
+    if not pipe.explicit_transaction:
+        pipe.multi()
     message_id = uuid.uuid4().hex
     raw = json.dumps(payload, ensure_ascii=False, sort_keys=True).encode("utf-8")
     pipe.hset(
@@ -230,7 +234,9 @@ def queue_internal(
         },
     )
     pipe.rpush(keys.ingest_order, message_id)
-    Queue(keys.queue_name(), connection=pipe).enqueue_call(
+    # rq reads the server version through a client; the job itself goes into ``pipe``.
+    client = redis.Redis(connection_pool=pipe.connection_pool)
+    Queue(keys.queue_name(), connection=client).enqueue_call(
         JOB_FUNC,
         args=(message_id,),
         job_id=f"{JOB_ID_PREFIX}{message_id}",

@@ -194,7 +194,7 @@ class RunApply:
         try:
             for n, (head, decoded, doc) in enumerate(outcomes):
                 result = decoded if isinstance(decoded, MappingResult) else None
-                alone = result is not None and result.patient is not None
+                alone = result is not None and (result.patient or result.mpps) is not None
                 if entries and result is not None and (alone or _order_names(result) & taken):
                     # An ADT event touches items of any number of orders: it is planned
                     # alone, on the state the messages before it wrote.

@@ -61,6 +61,7 @@ from bridge.worker.mapping.apply import (
     MappedGroup,
     MappedItem,
     MappingResult,
+    MppsEvent,
     PatientEvent,
     order_aliases,
 )
@@ -105,6 +106,10 @@ def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
         outcome = logged.get("patient_event")
         if outcome:
             metrics.PATIENT_EVENTS.labels(event=logged["event"], outcome=outcome).inc()
+        if logged.get("mpps_outcome"):
+            metrics.MPPS_APPLIED.labels(outcome=logged["mpps_outcome"]).inc()
+        if logged.get("mpps_mismatch"):
+            metrics.MPPS_PATIENT_MISMATCH.inc(logged["mpps_mismatch"])
 
 
 def _later(txn: float | None, final_txn: str | None) -> bool:
@@ -163,6 +168,28 @@ def ris_view(item: WorklistItem) -> WorklistItem:
     return item
 
 
+#: Order controls that override a status a modality reported by MPPS (issue #13): the
+#: RIS cancels or discontinues the exam. Others (XO, SC, NW) update the attributes only.
+_RIS_OVERRIDES = frozenset({"CA", "DC", "OC"})
+
+#: MPPS Performed Procedure Step Status (0040,0252) → SPS status (PS3.4 F.7, IHE RAD-7).
+MPPS_TO_SPS = {
+    "IN PROGRESS": SpsStatus.STARTED.value,
+    "COMPLETED": SpsStatus.COMPLETED.value,
+    "DISCONTINUED": SpsStatus.DISCONTINUED.value,
+}
+#: Discontinuation reason (0040,0281) "Incorrect worklist entry selected" (DCM 110514):
+#: the technologist picked the wrong entry; it goes back on the worklist.
+WRONG_ENTRY = "110514"
+
+
+def _mpps_holds(item: WorklistItem, group: MappedGroup) -> bool:
+    """A status the modality reported by MPPS stands against RIS messages other than
+    CA, DC and OC (an XO updates the attributes but does not reschedule a started or
+    completed exam)."""
+    return bool(item.extra.get("mpps")) and group.control not in _RIS_OVERRIDES
+
+
 def item_id(order_key: str, rpid: str, spsid: str) -> str:
     """Deterministic item id, so a resent or updated order upserts the same record."""
     return hashlib.sha1(f"{order_key}|{rpid}|{spsid}".encode()).hexdigest()
@@ -186,6 +213,9 @@ class Planner:
         plan = Plan()
         if result.patient is not None:
             self._plan_patient(plan, result.patient, now, seq)
+            return plan
+        if result.mpps is not None:
+            self._plan_mpps(plan, result.mpps, now, seq)
             return plan
         states: dict[str, dict[str, str]] = {}
         alias_map: dict[str, str] = {}  # aliases seen earlier in this message
@@ -406,6 +436,92 @@ class Planner:
             plan.logs.append((logging.INFO, f"patient.{outcome}",
                               fields(**what, items=len(items), patient_event=outcome)))  # fmt: skip
 
+    # -- MPPS ------------------------------------------------------------------------------
+    def _linked(self, ref: dict[str, str]) -> list[str]:
+        """Item ids one Scheduled Step Attributes item names: Study Instance UID + RPID +
+        SPS ID, else the Accession Number (with the SPS ID when that narrows it)."""
+        k = self.keys
+        suid, rpid = ref.get("StudyInstanceUID", ""), ref.get("RequestedProcedureID", "")
+        spsid, acc = ref.get("ScheduledProcedureStepID", ""), ref.get("AccessionNumber", "")
+        if suid and rpid and spsid:
+            ids = self.r.sinter([k.index("suid", suid), k.index("rpid", rpid),
+                                 k.index("spsid", spsid)])  # fmt: skip
+            if ids:
+                return sorted(i.decode() for i in ids)
+        if acc:
+            if spsid:
+                ids = self.r.sinter([k.index("acc", acc), k.index("spsid", spsid)])
+                if ids:
+                    return sorted(i.decode() for i in ids)
+            return self.store.ids_for("acc", acc)
+        return []
+
+    def _plan_mpps(self, plan: Plan, ev: MppsEvent, now: float, seq: int) -> None:
+        """A modality's MPPS report (PS3.4 F.7; IHE RAD-6/RAD-7): the SPS it names go
+        STARTED (IN PROGRESS), COMPLETED or DISCONTINUED, or back to SCHEDULED when it
+        was discontinued as the wrong worklist entry (110514). The item follows the latest
+        MPPS that names it (the append case). An item the RIS finished (CA, DC) is left
+        alone. What was linked, and a Patient ID that differs, is written to the MPPS
+        instance for ``mpps show``."""
+        plan.orders.add("mpps")  # planned alone in its run (see apply._plan_run)
+        what = {"mpps": ev.uid, "mpps_status": ev.status}
+        target = MPPS_TO_SPS.get(ev.status)
+        back = ev.status == "DISCONTINUED" and ev.reason_code == WRONG_ENTRY
+        unscheduled = all(
+            not r.get("ScheduledProcedureStepID") and not r.get("RequestedProcedureID")
+            for r in ev.refs
+        )
+        linked: list[str] = []
+        if not unscheduled:
+            for ref in ev.refs:
+                linked += [i for i in self._linked(ref) if i not in linked]
+        items = [plan.upserts.get(i) for i in linked]
+        loaded = {it.item_id: it for it in self.store.load([i for i in linked
+                                                            if i not in plan.upserts])}
+        mismatch: list[str] = []
+        changed: list[WorklistItem] = []
+        for iid, staged in zip(linked, items, strict=True):
+            it = staged or loaded.get(iid)
+            if it is None or target is None:
+                continue
+            if ev.patient_id and it.attrs.get("PatientID") not in (None, "", ev.patient_id):
+                mismatch.append(iid)
+            if it.status in FINAL_SPS_STATUSES and not it.extra.get("mpps"):
+                plan.logs.append((logging.WARNING, "mpps.item_final",
+                                  fields(**what, item=iid, status=it.status)))  # fmt: skip
+                continue
+            it = ris_view(it)
+            if back:
+                it.sps[STATUS_KEY] = SpsStatus.SCHEDULED.value
+                it.extra.pop("mpps", None)
+            else:
+                it.sps[STATUS_KEY] = target
+                it.extra["mpps"] = {"uid": ev.uid, "status": ev.status}
+            it.seq = seq
+            it.updated_at = now
+            plan.upserts[iid] = it
+            if it.status in FINAL_SPS_STATUSES:
+                plan.expire_at[iid] = now + retention_s(self.settings, it.status)
+            else:
+                plan.expire_at.pop(iid, None)
+            changed.append(it)
+        outcome = "unscheduled" if unscheduled else "linked" if linked else "unlinked"
+        record = {
+            "items": json.dumps(linked),
+            "unscheduled": "1" if unscheduled else "",
+            "patient_mismatch": json.dumps(mismatch),
+            "applied_status": (SpsStatus.SCHEDULED.value if back else target or ""),
+            "applied_at": repr(now),
+        }
+        plan.order_states[self.keys.mpps(ev.uid)] = (record, -1)  # keep the SCP's TTL
+        plan.events.append(f"mpps:{outcome}:{len(changed)}")
+        plan.logs.append((logging.INFO, f"mpps.{outcome}",
+                          fields(**what, items=len(changed), mpps_outcome=outcome)))  # fmt: skip
+        if mismatch:
+            plan.logs.append((logging.WARNING, "mpps.patient_mismatch",
+                              fields(**what, items=",".join(mismatch),
+                                     mpps_mismatch=len(mismatch))))  # fmt: skip
+
     def _order_ids(self, order: str) -> list[str]:
         """Item ids of an order, from the ones read with the order states when possible
         (nothing is written while plans are made, so they stay valid; a round trip per
@@ -559,7 +675,9 @@ class Planner:
                     )  # fmt: skip
                     continue
                 item.extra["obr"] = n
-                if status:
+                if _mpps_holds(item, group):
+                    pass  # the modality reported it: only CA, DC or OC may change it
+                elif status:
                     item.sps[STATUS_KEY] = status
                 elif not item.sps.get(STATUS_KEY) or item.status in FINAL_SPS_STATUSES:
                     # (A procedure an earlier XO dropped that the order lists again is
@@ -579,9 +697,16 @@ class Planner:
         elif action in ("status", "final", "hide", "show"):
             # A procedure dropped by an XO (DISCONTINUED) is finished: an order-level
             # status change must not bring it back.
-            for it in (x for x in existing if x.status not in FINAL_SPS_STATUSES):
+            # CA, DC and OC also end what the modality reported as COMPLETED by MPPS.
+            overrides = group.control in _RIS_OVERRIDES
+            for it in existing:
+                if it.status in FINAL_SPS_STATUSES and not (overrides and it.extra.get("mpps")):
+                    continue
                 if action in ("status", "final"):
+                    if _mpps_holds(it, group):
+                        continue
                     it.sps[STATUS_KEY] = status
+                    it.extra.pop("mpps", None)
                 elif action == "hide":
                     it.hidden = True
                 else:

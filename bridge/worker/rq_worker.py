@@ -14,6 +14,7 @@ that (hooks, key layout, lean bookkeeping) is in :mod:`bridge.worker.rq_compat`.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -32,12 +33,13 @@ from bridge.core.settings import Settings, load_settings
 from bridge.hl7 import hl7apy_compat
 from bridge.hl7 import parse as hl7parse
 from bridge.hl7.charsets import CharsetError, Decision, check_settings
+from bridge.intake.submit import INTERNAL_MPPS
 from bridge.store.connections import sync_client
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
 from bridge.worker import migrations, rq_compat
 from bridge.worker.hygiene import Hygiene, PassResult
-from bridge.worker.mapping.apply import MappingResult, map_message
+from bridge.worker.mapping.apply import MappingResult, MppsEvent, map_message
 from bridge.worker.mapping.load import MappingRegistry
 from bridge.worker.sequencer import Sequencer
 
@@ -63,6 +65,8 @@ class WorkerContext:
         checked at ACK time is what is read here; a hash written by an older release
         has none, and the listener's rule is applied here with the same settings."""
         raw = meta.get("raw", b"")
+        if meta.get("message_type") == INTERNAL_MPPS.encode():
+            return _mpps_result(raw)
         recorded = meta.get("charset_used")
         decision = None
         if recorded:
@@ -77,6 +81,18 @@ class WorkerContext:
         msh = msg.segments[0]
         mapping = self.mappings.for_sender(msh.field(3).strip(), msh.field(4).strip())
         return map_message(msg, mapping, self.settings.worker.local_timezone)
+
+
+def _mpps_result(raw: bytes) -> MappingResult:
+    """An internal MPPS message (the SCP's payload, JSON) as the outcome the planner
+    applies; a payload that does not read is a rejection (dead letter), never a guess."""
+    try:
+        event = MppsEvent.from_payload(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageRejected(
+            f"MPPS message unreadable ({type(exc).__name__})", Hl7Error.DATA_TYPE, ""
+        ) from None
+    return MappingResult(event.calling_ae, [], [], "", "", "", [], None, event)
 
 
 _CONTEXT: WorkerContext | None = None

@@ -119,6 +119,30 @@ class PatientEvent:
 
 
 @dataclass
+class MppsEvent:
+    """A status change a modality reported by MPPS (PS3.4 Annex F), queued by the SCP as
+    an internal message (``bridge.intake.submit.queue_internal``, payload ``kind: mpps``)."""
+
+    uid: str  # Affected SOP Instance UID of the MPPS
+    event: str  # create | set
+    status: str  # IN PROGRESS | COMPLETED | DISCONTINUED
+    reason_code: str = ""  # (0040,0281) code value, e.g. 110514
+    refs: list[dict[str, str]] = field(default_factory=list)  # Scheduled Step Attributes
+    patient_id: str = ""
+    issuer: str = ""
+    calling_ae: str = ""
+    at: float = 0.0
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> MppsEvent:
+        refs = [{k: str(v or "") for k, v in r.items()} for r in data.get("refs") or []]
+        return cls(str(data["uid"]), str(data.get("event", "")), str(data["status"]),
+                   str(data.get("reason_code") or ""), refs, str(data.get("PatientID") or ""),
+                   str(data.get("IssuerOfPatientID") or ""), str(data.get("calling_ae") or ""),
+                   float(data.get("at") or 0.0))  # fmt: skip
+
+
+@dataclass
 class MappingResult:
     sender: str  # MSH-3^MSH-4
     groups: list[MappedGroup]
@@ -133,6 +157,8 @@ class MappingResult:
     alerts: list[str] = field(default_factory=list)
     #: An ADT message: the patients it updates or merges (then ``groups`` is empty).
     patient: PatientEvent | None = None
+    #: An MPPS status change (then ``groups`` is empty).
+    mpps: MppsEvent | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # dataclasses.asdict deep-copies every value: ~5 % of a message's cost. The
@@ -149,6 +175,7 @@ class MappingResult:
                 "event": self.patient.event, "action": self.patient.action,
                 "patients": [dict(vars(p)) for p in self.patient.patients],
             },
+            "mpps": None if self.mpps is None else dict(vars(self.mpps)),
         }  # fmt: skip
 
     @classmethod
@@ -160,9 +187,11 @@ class MappingResult:
         # An outcome parsed by a release before order_scope was scoped by its sender.
         scope = data["scope"] if "scope" in data else data["sender"]
         patient = data.get("patient")
+        mpps = data.get("mpps")
         return cls(data["sender"], groups, data["warnings"], data["charset"], data["version"],
                    scope, data.get("alerts", []),
-                   None if patient is None else PatientEvent.from_dict(patient))  # fmt: skip
+                   None if patient is None else PatientEvent.from_dict(patient),
+                   None if mpps is None else MppsEvent(**mpps))  # fmt: skip
 
 
 @dataclass

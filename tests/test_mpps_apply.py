@@ -1,0 +1,165 @@
+"""MPPS status changes applied by the workers (issue #13): the SCP queues an internal
+message in ingest order (``bridge.intake.submit.queue_internal``, here called as the SCP
+does); real rq workers link it to items and change their SPS status, in ACK order with
+the HL7 messages, on a real Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+from orm_builder import orm
+from worker_helpers import items, run
+
+from bridge.core import metrics
+from bridge.core.settings import Settings, load_settings
+from bridge.intake.submit import INTERNAL_MPPS, queue_internal
+from bridge.store.keys import Keys
+
+UID = "1.2.826.0.1.3680043.2.1125.9.1"
+STUDY = "1.2.826.0.1.3680043.2.1125.1.1"
+
+
+@pytest.fixture
+def s(redis_url: str) -> Settings:
+    return load_settings({"redis.url": redis_url, "worker.worker_class": "simple",
+                          "worker.local_timezone": "UTC"}, env={})  # fmt: skip
+
+
+def ref(rpid: str = "RP1", spsid: str = "SPS1", suid: str = STUDY, acc: str = "ACC1") -> dict:
+    return {"StudyInstanceUID": suid, "RequestedProcedureID": rpid,
+            "ScheduledProcedureStepID": spsid, "AccessionNumber": acc}  # fmt: skip
+
+
+def mpps(
+    client: redis.Redis,
+    status: str,
+    refs: list[dict],
+    uid: str = UID,
+    reason: str = "",
+    patient_id: str = "12345",
+) -> str:
+    """Queue an MPPS change exactly as the SCP does (its instance hash included)."""
+    keys = Keys()
+    payload = {"kind": "mpps", "uid": uid, "event": "set", "status": status,
+               "reason_code": reason, "refs": refs, "PatientID": patient_id,
+               "IssuerOfPatientID": "HOSP", "calling_ae": "CT1", "at": time.time()}  # fmt: skip
+    pipe = client.pipeline(transaction=True)
+    pipe.multi()
+    pipe.hset(keys.mpps(uid), mapping={"status": status, "refs": json.dumps(refs)})
+    pipe.expire(keys.mpps(uid), 3600)
+    mid = queue_internal(pipe, keys, INTERNAL_MPPS, payload, source="CT1",
+                         control_id=f"{uid}:{status}", max_retries=3,
+                         received_at=time.time())  # fmt: skip
+    pipe.execute()
+    return mid
+
+
+def work(client: redis.Redis, s: Settings) -> None:
+    run(client, s)  # no new HL7 message: just run the worker over what is queued
+
+
+def statuses(client: redis.Redis, s: Settings) -> dict[str, str]:
+    return {i.sps["ScheduledProcedureStepID"]: i.status for i in items(client, s)}
+
+
+def two_procedures() -> str:
+    return orm(control_id="N1", obrs=[{}, {19: "RP2", 20: "SPS2", 18: "ACC2"}])
+
+
+def test_in_progress_completed_and_the_record(redis_client: redis.Redis, s: Settings) -> None:
+    run(redis_client, s, two_procedures())
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    work(redis_client, s)
+    assert statuses(redis_client, s) == {"SPS1": "STARTED", "SPS2": "SCHEDULED"}
+    mpps(redis_client, "COMPLETED", [ref()])
+    work(redis_client, s)
+    assert statuses(redis_client, s) == {"SPS1": "COMPLETED", "SPS2": "SCHEDULED"}
+    record = redis_client.hgetall(Keys().mpps(UID))
+    assert json.loads(record[b"items"]) == [i.item_id for i in items(redis_client, s)
+                                             if i.sps["ScheduledProcedureStepID"] == "SPS1"]
+    assert (record[b"applied_status"], record[b"unscheduled"]) == (b"COMPLETED", b"")
+    assert 0 < redis_client.ttl(Keys().mpps(UID)) <= 3600  # the SCP's retention kept
+
+
+def test_one_mpps_for_several_sps_and_accession_fallback(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, two_procedures())
+    # The second reference names no Study UID match: found by its accession number.
+    mpps(redis_client, "IN PROGRESS", [ref(), ref("X", "SPS2", "1.2.3.999", "ACC2")])
+    work(redis_client, s)
+    assert statuses(redis_client, s) == {"SPS1": "STARTED", "SPS2": "STARTED"}
+
+
+def test_the_item_follows_the_latest_mpps(redis_client: redis.Redis, s: Settings) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.1")
+    mpps(redis_client, "COMPLETED", [ref()], uid="1.2.3.1")
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.2")  # appended by a second MPPS
+    work(redis_client, s)
+    (item,) = items(redis_client, s)
+    assert (item.status, item.extra["mpps"]["uid"]) == ("STARTED", "1.2.3.2")
+
+
+def test_wrong_worklist_entry_goes_back_to_scheduled(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    mpps(redis_client, "DISCONTINUED", [ref()], reason="110514")
+    work(redis_client, s)
+    (item,) = items(redis_client, s)
+    assert item.status == "SCHEDULED" and "mpps" not in item.extra
+    mpps(redis_client, "DISCONTINUED", [ref()], uid="1.2.3.3")  # any other reason
+    work(redis_client, s)
+    assert items(redis_client, s)[0].status == "DISCONTINUED"
+
+
+def test_unscheduled_mpps_changes_nothing(redis_client: redis.Redis, s: Settings) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    before = metrics.REGISTRY.get_sample_value("mwl_mpps_applied_total",
+                                               {"outcome": "unscheduled"}) or 0.0  # fmt: skip
+    mpps(redis_client, "IN PROGRESS", [ref(rpid="", spsid="", acc="ACC1")])
+    work(redis_client, s)
+    assert items(redis_client, s)[0].status == "SCHEDULED"
+    assert redis_client.hget(Keys().mpps(UID), "unscheduled") == b"1"
+    after = metrics.REGISTRY.get_sample_value("mwl_mpps_applied_total", {"outcome": "unscheduled"})
+    assert after == before + 1
+
+
+def test_a_different_patient_id_is_flagged(redis_client: redis.Redis, s: Settings) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    before = metrics.REGISTRY.get_sample_value("mwl_mpps_patient_mismatch_total") or 0.0
+    mpps(redis_client, "IN PROGRESS", [ref()], patient_id="OTHER")
+    work(redis_client, s)
+    (item,) = items(redis_client, s)
+    assert json.loads(redis_client.hget(Keys().mpps(UID), "patient_mismatch")) == [item.item_id]
+    assert metrics.REGISTRY.get_sample_value("mwl_mpps_patient_mismatch_total") == before + 1
+
+
+def test_ris_xo_and_sc_do_not_override_mpps_but_ca_does(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    run(redis_client, s, orm(control="XO", status="SC", control_id="X1", station="CT_ROOM9"),
+        orm(control="SC", status="SC", control_id="S1"))  # fmt: skip
+    (item,) = items(redis_client, s)
+    assert (item.status, item.sps["ScheduledStationAETitle"]) == ("STARTED", "CT_ROOM9")
+    mpps(redis_client, "COMPLETED", [ref()])
+    run(redis_client, s, orm(control="XO", status="", control_id="X2"))
+    assert items(redis_client, s)[0].status == "COMPLETED"  # not scheduled again
+    run(redis_client, s, orm(control="CA", status="CA", control_id="C1"))
+    assert items(redis_client, s)[0].status == "CANCELED"
+
+
+def test_mpps_after_a_ris_cancel_leaves_the_item_cancelled(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"), orm(control="CA", status="CA", control_id="C1"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    work(redis_client, s)
+    assert items(redis_client, s)[0].status == "CANCELED"
