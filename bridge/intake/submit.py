@@ -230,7 +230,11 @@ def queue_internal(
         },
     )
     pipe.rpush(keys.ingest_order, message_id)
-    Queue(keys.queue_name(), connection=pipe).enqueue_call(
+    # rq asks the server's version (INFO) through the queue's connection at once: given
+    # the pipeline in MULTI mode, that INFO and a GET were queued into the transaction
+    # and the version parse failed. A client on the pipeline's pool answers it outside.
+    client = redis.Redis(connection_pool=pipe.connection_pool)
+    Queue(keys.queue_name(), connection=client).enqueue_call(
         JOB_FUNC,
         args=(message_id,),
         job_id=f"{JOB_ID_PREFIX}{message_id}",
