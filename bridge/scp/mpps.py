@@ -138,7 +138,7 @@ def _answer(
             if refusal.names:
                 outcome["attributes"] = ",".join(refusal.names)
             _status_fields(event, refusal)
-            log.info("mpps.refused", extra=fields(**outcome))
+            log.warning("mpps.refused", extra=fields(**outcome))
             return _response_status(refusal.status, refusal.comment, refusal.error_id), None
         except StoreUnavailable as exc:
             label = f"{int(NStatus.RESOURCE_LIMITATION):04X}"
