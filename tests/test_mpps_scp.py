@@ -228,6 +228,31 @@ def test_n_create_without_a_uid_gets_one_assigned(
     assert instance(redis_client, uid)["status"] == "IN PROGRESS"
 
 
+def test_retention_expires_the_instance_and_trims_the_index(
+    start_scp: StartScp, redis_client: redis.Redis
+) -> None:
+    scp = start_scp(mpps_retention_s=600)
+    old = "1.2.826.0.1.3680043.2.1125.9.1"
+    redis_client.zadd(KEYS.mpps_index, {old: time.time() - 601})  # created before retention
+    with MppsScu(scp.port) as scu:
+        uid = created(scu, redis_client)
+        assert 595 < redis_client.ttl(KEYS.mpps(uid)) <= 600
+        redis_client.expire(KEYS.mpps(uid), 10)  # as if created long ago
+        assert scu.set(final_ds(), uid).status == 0x0000
+    assert 595 < redis_client.ttl(KEYS.mpps(uid)) <= 600  # counted from the last change
+    assert [u.decode() for u in redis_client.zrange(KEYS.mpps_index, 0, -1)] == [uid]
+
+
+def test_retention_zero_keeps_instances(start_scp: StartScp, redis_client: redis.Redis) -> None:
+    scp = start_scp(mpps_retention_s=0)
+    old = "1.2.826.0.1.3680043.2.1125.9.1"
+    redis_client.zadd(KEYS.mpps_index, {old: 1.0})
+    with MppsScu(scp.port) as scu:
+        uid = created(scu, redis_client)
+    assert redis_client.ttl(KEYS.mpps(uid)) == -1
+    assert redis_client.zcard(KEYS.mpps_index) == 2
+
+
 # -- N-CREATE refused ----------------------------------------------------------------------
 
 
