@@ -11,7 +11,15 @@ import redis
 from rq import Queue
 
 from bridge.core.errors import StoreUnavailable
-from bridge.intake.submit import JOB_FUNC, AppResult, IntakeRecord, SubmitKind, submit
+from bridge.intake.submit import (
+    INTERNAL_MPPS,
+    JOB_FUNC,
+    AppResult,
+    IntakeRecord,
+    SubmitKind,
+    queue_internal,
+    submit,
+)
 from bridge.store.keys import Keys
 
 RAW = b"MSH|^~\\&|RIS|RAD|MWL|HOSP|20260705||ORM^O01|C1|P|2.3\rPID|1\r"
@@ -73,6 +81,28 @@ def test_concurrent_resends_are_queued_once(redis_client: redis.Redis, keys: Key
     assert sorted(r.kind for r in results).count(SubmitKind.NEW) == 1
     assert {r.message_id for r in results} == {results[0].message_id}
     assert redis_client.llen(keys.ingest_order) == 1
+
+
+def test_queue_internal_in_an_open_multi_writes_only_its_own_commands(
+    redis_client: redis.Redis, keys: Keys
+) -> None:
+    """The caller's transaction holds the message, the ingest entry and the job, and
+    nothing else: rq's server-version INFO must not be queued into it (it was, and the
+    enqueue failed parsing the pipeline as a version string)."""
+    with redis_client.pipeline(transaction=True) as pipe:
+        pipe.multi()
+        pipe.set("mine", "1")
+        mid = queue_internal(pipe, keys, INTERNAL_MPPS, {"kind": "mpps", "ü": "1"},
+                             source="CT1", control_id="1.2.3:IN PROGRESS", max_retries=3,
+                             received_at=12.5)  # fmt: skip
+        replies = pipe.execute()
+    assert not any(isinstance(r, dict) and "redis_version" in r for r in replies)
+    assert redis_client.lrange(keys.ingest_order, 0, -1) == [mid.encode()]
+    h = redis_client.hgetall(keys.message(mid))
+    assert h[b"raw"] == '{"kind": "mpps", "ü": "1"}'.encode()
+    assert (h[b"message_type"], h[b"control_id"]) == (b"MPPS", b"1.2.3:IN PROGRESS")
+    job = Queue(keys.queue_name(), connection=redis_client).fetch_job(f"msg-{mid}")
+    assert job is not None and (job.func_name, job.args) == (JOB_FUNC, (mid,))
 
 
 def test_redis_down_is_store_unavailable() -> None:

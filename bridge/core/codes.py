@@ -113,6 +113,45 @@ class CFindStatus(IntEnum):
     UNABLE_INTERNAL = 0xC1FF  # any other unexpected failure, logged with a traceback
 
 
+class PpsStatus(StrEnum):
+    """Performed Procedure Step Status (0040,0252), PS3.3 C.4.14 enumerated values. An
+    MPPS instance is created IN PROGRESS and changes once, to one of the two final
+    states (PS3.4 F.1.5, Table F.1-4)."""
+
+    IN_PROGRESS = "IN PROGRESS"
+    COMPLETED = "COMPLETED"
+    DISCONTINUED = "DISCONTINUED"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not PpsStatus.IN_PROGRESS
+
+
+class NStatus(IntEnum):
+    """N-CREATE / N-SET response statuses of the MPPS SCP.
+
+    PS3.4 F.7.2.1.4 and F.7.2.2.4 define no statuses of their own: these are the general
+    DIMSE-N statuses of PS3.7 Annex C (C.5.x) that PS3.7 10.1.5 (N-CREATE) and 10.1.3
+    (N-SET) allow, with the Error Comment and Error ID of PS3.4 Table F.7.2-2.
+    """
+
+    SUCCESS = 0x0000
+    INVALID_ATTRIBUTE_VALUE = 0x0106  # C.5.11; F.7.2.1.3: N-CREATE not IN PROGRESS
+    PROCESSING_FAILURE = 0x0110  # C.5.21; F.7.2.2.3: N-SET after a final state
+    DUPLICATE_SOP_INSTANCE = 0x0111  # C.5.8
+    NO_SUCH_SOP_INSTANCE = 0x0112  # C.5.19
+    INVALID_SOP_INSTANCE = 0x0117  # C.5.12: the UID breaks the construction rules
+    MISSING_ATTRIBUTE = 0x0120  # C.5.13: a Type 1 attribute is absent
+    MISSING_ATTRIBUTE_VALUE = 0x0121  # C.5.14: a Type 1 attribute is empty
+    RESOURCE_LIMITATION = 0x0213  # C.5.22: the store is unreachable, try again
+
+
+#: Error ID (0000,0903) and Error Comment (0000,0902) of an N-SET on a COMPLETED or
+#: DISCONTINUED instance: PS3.4 F.7.2.2.3, Table F.7.2-2.
+MPPS_FINAL_ERROR_ID = 0xA710
+MPPS_FINAL_COMMENT = "Performed Procedure Step Object may no longer be updated"
+
+
 # -- Specific Character Set (0008,0005) defined terms, PS3.3 C.12.1.1.2 ------------------
 #: Single-byte character sets without code extensions (Table C.12-2), in the table's
 #: order. ISO_IR 203 (Latin-9) is left out: pydicom 3.0 cannot decode it.

@@ -147,6 +147,14 @@ RESPONSE_CHARSET_FALLBACKS = Counter(
     ["action", "charset"],
     registry=REGISTRY,
 )
+MPPS_REQUESTS = Counter(
+    "mwl_mpps_requests",
+    "MPPS N-CREATE and N-SET requests answered, by op (n_create, n_set) and status "
+    "(success, or the failure code in hex: 0106, 0110, 0111, 0112, 0117, 0120, 0121, "
+    "0213).",
+    ["op", "status"],
+    registry=REGISTRY,
+)
 ASSOCIATIONS_OPEN = Gauge(
     "mwl_associations_open",
     "DICOM associations currently open on the SCP.",

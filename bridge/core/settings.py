@@ -242,6 +242,10 @@ class ScpSettings:
     shutdown_grace_s: float = 2.0
     #: Encoded responses kept in memory, keyed by item content (0 = no cache).
     response_cache_entries: int = 20_000
+    #: How long an MPPS instance (N-CREATE/N-SET, its attributes and links) is kept after
+    #: its last change; ``mpps list`` lists it for that long after its creation.
+    #: 0 = forever.
+    mpps_retention_s: int = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,9 @@ def queue_internal(
         },
     )
     pipe.rpush(keys.ingest_order, message_id)
-    # rq reads the server version through a client; the job itself goes into ``pipe``.
+    # rq asks the server's version (INFO) through the queue's connection at once: given
+    # the pipeline in MULTI mode, that INFO and a GET were queued into the transaction
+    # and the version parse failed. A client on the pipeline's pool answers it outside.
     client = redis.Redis(connection_pool=pipe.connection_pool)
     Queue(keys.queue_name(), connection=client).enqueue_call(
         JOB_FUNC,

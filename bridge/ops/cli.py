@@ -43,6 +43,8 @@ COMMANDS: dict[str, str] = {
     "deadletter show": "bridge.ops.admin:deadletter_show",
     "deadletter replay": "bridge.ops.admin:deadletter_replay",
     "deadletter drop": "bridge.ops.admin:deadletter_drop",
+    "mpps list": "bridge.ops.mpps_commands:list_command",
+    "mpps show": "bridge.ops.mpps_commands:show_command",
 }
 
 # Flags that set a setting: flag → (settings key, argparse kwargs). Each verb picks the
@@ -198,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("dead_id", metavar="ID")
         if name in ("show", "replay"):
             p.add_argument("--json", action="store_true")
+
+    mpps = verbs.add_parser("mpps", help="MPPS instances reported by modalities")
+    psub = mpps.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    p = psub.add_parser("list", help="list MPPS instances, newest first")
+    _add_settings_flags(p)
+    p.add_argument("--status", help="IN PROGRESS, COMPLETED or DISCONTINUED")
+    p.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="show at most N (default 100, 0 = all)"
+    )
+    p.add_argument("--json", action="store_true")
+    p = psub.add_parser("show", help="one MPPS instance: status, links, flags, attributes")
+    _add_settings_flags(p)
+    p.add_argument("uid", metavar="UID", help="SOP Instance UID")
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -31,6 +31,16 @@ What the fast path does, and the internals it touches:
   sides otherwise wait ~40 ms for a delayed ACK on every association.
 * **Waiting for the send queue to drain** (:func:`wait_for_send_queue`;
   ``Association.dul.to_provider_queue``) so a C-CANCEL-FIND-RQ is read in time.
+* **Status fields pynetdicom's N-CREATE and N-SET responses cannot carry**
+  (:func:`add_status_fields`, :func:`install_status_fields`; ``dimse.send_msg``,
+  ``dimse_messages.N_CREATE_RSP``/``N_SET_RSP`` and their ``_set_command_group_length``,
+  ``dimse.dul.send_pdu``): the MPPS SCP names the attributes of a refused request in
+  Offending Element (0000,0901), and those of a 0120 in Attribute Identifier List
+  (0000,1005, PS3.7 C.5.13), but pynetdicom builds those responses only with Error
+  Comment and Error ID (and drops anything else a handler returns, with a WARNING). The
+  response pynetdicom was about to send is built as it would build it, the fields are
+  added to its command set, and it is encoded and sent as ``send_msg`` would. On the
+  stock path they are not sent; the Error Comment still names the attributes.
 
 :func:`hide_identifiers` sets pynetdicom's documented configuration flags
 (``pynetdicom._config``) on both paths: PHI must never reach the logs.
@@ -42,12 +52,13 @@ import contextlib
 import logging
 import socket
 import time
+import weakref
 from typing import Any
 
 from pynetdicom import _config, evt
 from pynetdicom._handlers import standard_dimse_sent_handler
-from pynetdicom.dimse_messages import C_FIND_RSP
-from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dimse_messages import C_FIND_RSP, N_CREATE_RSP, N_SET_RSP
+from pynetdicom.dimse_primitives import C_FIND, N_CREATE, N_SET
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -88,6 +99,7 @@ def tune_association(assoc: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             _ack_every_read(assoc_socket, sock)
         install(assoc)
+        install_status_fields(assoc)
     except (AttributeError, OSError):  # pragma: no cover - an odd build of the version
         log.debug("scp.tuning_unavailable")
 
@@ -209,3 +221,53 @@ def _fragments(data: bytes, max_pdu: int) -> list[bytes]:
         return [data]
     size = max_pdu - 6
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+#: Per association: Message ID → the extra command fields of its response.
+_STATUS_FIELDS: weakref.WeakKeyDictionary[Any, dict[int, dict[str, list[int]]]] = (
+    weakref.WeakKeyDictionary()
+)
+#: The status fields :func:`add_status_fields` may add (AT, 1-n).
+STATUS_FIELD_KEYWORDS = ("OffendingElement", "AttributeIdentifierList")
+
+
+def add_status_fields(assoc: Any, message_id: int, fields: dict[str, list[int]]) -> bool:
+    """Put ``fields`` (keyword → tags) into the command set of the N-CREATE-RSP or
+    N-SET-RSP answering ``message_id`` on ``assoc``. False on the stock path (where they
+    are not sent), or when the association was not tuned."""
+    pending = _STATUS_FIELDS.get(assoc)
+    if pending is None:
+        return False
+    unknown = set(fields) - set(STATUS_FIELD_KEYWORDS)
+    assert not unknown, unknown
+    pending[message_id] = {k: list(v) for k, v in fields.items() if v}
+    return True
+
+
+def install_status_fields(assoc: Any) -> None:
+    """Send this association's N-CREATE/N-SET responses with the fields registered by
+    :func:`add_status_fields` (see the module docstring)."""
+    dimse = assoc.dimse
+    pynetdicom_send = dimse.send_msg
+    pending: dict[int, dict[str, list[int]]] = {}
+    _STATUS_FIELDS[assoc] = pending
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        fields = None
+        responding = getattr(primitive, "MessageIDBeingRespondedTo", None)
+        if isinstance(primitive, N_CREATE | N_SET) and responding is not None:
+            fields = pending.pop(responding, None)
+        if not fields:
+            pynetdicom_send(primitive, context_id)
+            return
+        message = N_CREATE_RSP() if isinstance(primitive, N_CREATE) else N_SET_RSP()
+        message.primitive_to_message(primitive)
+        for keyword, tags in fields.items():
+            setattr(message.command_set, keyword, tags if len(tags) > 1 else tags[0])
+        message._set_command_group_length()
+        message.context_id = context_id
+        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+        for pdata in message.encode_msg(context_id, dimse.maximum_pdu_size):
+            dimse.dul.send_pdu(pdata)
+
+    dimse.send_msg = send_msg

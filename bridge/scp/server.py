@@ -1,9 +1,11 @@
 """The Modality Worklist SCP: Application Entity set-up, start/stop, the ``scp`` verb.
 
-Accepts Modality Worklist Information Model – FIND (1.2.840.10008.5.1.4.31) and
-Verification (1.2.840.10008.1.1) with Implicit and Explicit VR Little Endian. Handlers
-live in :mod:`bridge.scp.handlers`; each association runs in its own pynetdicom thread with
-the shared (thread-safe, pooled) Redis client.
+Accepts Modality Worklist Information Model – FIND (1.2.840.10008.5.1.4.31), Modality
+Performed Procedure Step (1.2.840.10008.3.1.2.3.3, N-CREATE and N-SET) and Verification
+(1.2.840.10008.1.1) with Implicit and Explicit VR Little Endian, on one AE and port.
+Handlers live in :mod:`bridge.scp.handlers` (C-FIND, C-ECHO) and :mod:`bridge.scp.mpps`;
+each association runs in its own pynetdicom thread with the shared (thread-safe, pooled)
+Redis client.
 
 Association policy: if ``scp.allowed_calling_aes`` is set, any other calling AE title
 is rejected by pynetdicom with A-ASSOCIATE-RJ result 1 (rejected-permanent), source 1
@@ -20,6 +22,7 @@ from typing import Any
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
+    ModalityPerformedProcedureStep,
     ModalityWorklistInformationFind,
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
@@ -32,6 +35,8 @@ from bridge.core.logs import fields
 from bridge.core.settings import Settings
 from bridge.scp import pynetdicom_compat
 from bridge.scp.handlers import handle_conn_close, handle_conn_open, handle_echo, handle_find
+from bridge.scp.mpps import handle_n_create, handle_n_set
+from bridge.scp.mpps_store import MppsStore
 from bridge.scp.response import ResponseCache
 from bridge.store.connections import sync_client
 from bridge.store.keys import Keys
@@ -55,6 +60,7 @@ def build_ae(settings: Settings) -> AE:
     pynetdicom_compat.hide_identifiers()  # no patient names or IDs in its INFO logs
     ae = AE(ae_title=scp.ae_title)
     ae.add_supported_context(ModalityWorklistInformationFind, TRANSFER_SYNTAXES)
+    ae.add_supported_context(ModalityPerformedProcedureStep, TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     if scp.answer_other_find_models_with_0122:
         for model in OTHER_FIND_MODELS:
@@ -72,15 +78,28 @@ class MwlScp:
     """In-process SCP: ``start()`` listens in background threads, ``stop()`` closes the
     socket, aborts open associations and waits for them."""
 
-    def __init__(self, settings: Settings, store: WorklistStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: WorklistStore | None = None,
+        mpps: MppsStore | None = None,
+    ) -> None:
         self.settings = settings
         self._client = None
-        if store is None:
+        if store is None or mpps is None:
             if not settings.redis.url:
                 raise ConfigError("redis.url", "the scp needs the Redis URL of the worklist store")
             self._client = sync_client(settings.redis)
-            store = WorklistStore(self._client, Keys(settings.redis.key_prefix))
+            keys = Keys(settings.redis.key_prefix)
+            store = store or WorklistStore(self._client, keys)
+            mpps = mpps or MppsStore(
+                self._client,
+                keys,
+                retention_s=settings.scp.mpps_retention_s,
+                max_retries=settings.worker.max_retries,
+            )
         self.store = store
+        self.mpps = mpps
         self.ae = build_ae(settings)
         self.cache = ResponseCache(settings.scp.response_cache_entries)
         self._server: ThreadedAssociationServer | None = None
@@ -99,6 +118,8 @@ class MwlScp:
         handlers: list[Any] = [
             (evt.EVT_C_FIND, handle_find, [self.store, scp, self.cache]),
             (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_N_CREATE, handle_n_create, [self.mpps]),
+            (evt.EVT_N_SET, handle_n_set, [self.mpps]),
             (evt.EVT_CONN_OPEN, handle_conn_open),
             (evt.EVT_CONN_CLOSE, handle_conn_close),
         ]
