@@ -35,6 +35,7 @@ from bridge.ops.cli import main
 from bridge.ops.redis_metrics import RedisCollector
 from bridge.outbound import delivery, sweep
 from bridge.store.keys import Keys
+from bridge.worker import rq_compat
 
 ORDER_A, ORDER_B = "P|PL100^RIS", "P|PL200^RIS"
 
@@ -150,11 +151,14 @@ def field(client: redis.Redis, keys: Keys, msg_id: str, name: str) -> str:
 
 
 # -- in order, per order ----------------------------------------------------------------
+@pytest.mark.parametrize("fast", [True, False], ids=["lean-rq", "stock-rq"])
 def test_statuses_arrive_in_order_per_order_whatever_the_reply_type(
-    redis_client, keys, ris, deliver
+    redis_client, keys, ris, deliver, fast, monkeypatch
 ) -> None:
     """Six messages, two orders, one job per message (several jobs per order); the RIS
-    answers ACK, ORR^O02 and ORG^O20: MSA-1 is read from each."""
+    answers ACK, ORR^O02 and ORG^O20: MSA-1 is read from each. On rq's lean path and on
+    its stock path (``bridge.worker.rq_compat``)."""
+    monkeypatch.setattr(rq_compat, "FAST", fast)
     ris.answer("A2", "ORR")
     ris.answer("B1", "ORG")
     ctx = deliver()
