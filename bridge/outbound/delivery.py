@@ -206,6 +206,9 @@ class OrderDelivery:
         except LockLost:
             log.warning("outbound.lock_lost", extra=fields(order=self.order, sent=self.sent))
             return "lock_lost"
+        except StoreUnavailable:  # a dead letter or an enqueue that failed
+            self._release_quietly()
+            raise
         except redis.RedisError as exc:
             self._release_quietly()
             raise StoreUnavailable(f"redis failed while delivering: {exc}") from exc
