@@ -77,8 +77,11 @@ def test_compose_roles_ports_and_redis_durability() -> None:
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
     assert {s["command"][0] for n, s in services.items() if n != "redis"} == {
-        "listen", "worker", "scp"
+        "listen", "worker", "scp", "outbound"
     }  # fmt: skip
+    # The delivery to the RIS is off by default: only `--profile outbound` starts it.
+    assert services["outbound"]["profiles"] == ["outbound"]
+    assert "ports" not in services["outbound"]
     assert all(c["command"][0] in verbs() for n, c in services.items() if n != "redis")
     assert services["listener"]["ports"] == [f"{MllpSettings.port}:{MllpSettings.port}"]
     assert services["scp"]["ports"] == [f"{ScpSettings.port}:{ScpSettings.port}"]

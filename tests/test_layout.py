@@ -17,7 +17,7 @@ import pytest
 import bridge
 
 PACKAGE = Path(bridge.__file__).parent
-STAGES = ("core", "hl7", "store", "intake", "mllp", "worker", "scp", "ops")
+STAGES = ("core", "hl7", "store", "intake", "mllp", "outbound", "worker", "scp", "ops")
 #: Modules directly under bridge/: the package doc, ``python -m bridge`` and the shims
 #: of the paths before the layout by stage (rq job name, Docker health check).
 TOP_LEVEL = {"__init__", "__main__", "jobs", "healthcheck"}
@@ -86,6 +86,10 @@ def test_the_matrix_points_one_way() -> None:
     assert "worker" not in allowed["scp"]
     assert not {"worker", "scp"} & allowed["mllp"]
     assert not {"mllp", "scp"} & allowed["worker"]
+    # Outbound delivery sits beside the workers: they name its job by string, and only
+    # the top layer (the delivery role, status, replay) imports it.
+    assert {s for s, deps in allowed.items() if "outbound" in deps} == {"ops"}
+    assert "outbound" not in allowed["worker"]
     order: list[str] = []
     pending = dict(allowed)
     while pending:
@@ -117,6 +121,8 @@ def test_the_matrix_check_catches_a_sideways_import() -> None:
     assert layer_violations("mllp", "import bridge.scp.server\n", "bridge.mllp.listener")
     assert layer_violations("core", "from bridge.store.keys import Keys\n", "bridge.core.logs")
     assert not layer_violations("worker", "from bridge.intake import deadletter\n", "m")
+    assert layer_violations("worker", "from bridge.outbound import delivery\n", "m")
+    assert not layer_violations("outbound", "from bridge.mllp.client import parse_ack\n", "m")
 
 
 # -- library internals ------------------------------------------------------------------

@@ -7,7 +7,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import shutil
 import signal
 import socket
 import ssl
@@ -29,6 +28,7 @@ from mllp_harness import (
     sample,
     wait_until,
 )
+from pki_helpers import make_pki
 from redis_server import RedisServer, free_port
 from rq import Queue
 
@@ -83,28 +83,10 @@ def test_redis_stopped_at_ack_time_then_recovery(mllp: StartFn) -> None:
 # -- TLS ------------------------------------------------------------------------------------
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA, a server cert for localhost/127.0.0.1 and a client cert."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl CLI not installed")
-    d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=mwl-test-ca", cwd=d)  # fmt: skip
-    (d / "server.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name in ("server", "client"):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-                 "-extfile", f"{name}.ext", cwd=d)  # fmt: skip
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _client_ctx(pki: Path, with_cert: bool) -> ssl.SSLContext:

@@ -104,6 +104,10 @@ def test_children_get_settings_only_from_the_rendered_file(tmp_path: Path) -> No
     specs = role_specs(tmp_path / "s.toml", 3)
     assert [s.name for s in specs] == ["listener", "worker-1", "worker-2", "worker-3", "scp"]
     assert specs[1].argv[-3:] == ["worker", "--config", str(tmp_path / "s.toml")]
+    # With outbound.host set, one delivery process for the procedure status to the RIS.
+    specs = role_specs(tmp_path / "s.toml", 1, outbound=True)
+    assert [s.name for s in specs] == ["listener", "worker-1", "outbound", "scp"]
+    assert specs[2].argv[-3:] == ["outbound", "--config", str(tmp_path / "s.toml")]
 
 
 # -- mwl-bridge run ---------------------------------------------------------------------

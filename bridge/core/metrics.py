@@ -125,6 +125,24 @@ MPPS_PATIENT_MISMATCH = Counter(
     "instance, see mpps show).",
     registry=REGISTRY,
 )
+# -- outbound (procedure status back to the RIS) ----------------------------------------
+OUTBOUND_MESSAGES = Counter(
+    "mwl_outbound_messages",
+    "Outbound HL7 messages settled or put off, by result (delivered: AA/CA; rejected: the "
+    "RIS answered AE/CE, dead-lettered; dead_lettered: no positive reply after "
+    "outbound.max_attempts sends; retried: a failed send, sent again after a backoff; lost: "
+    "the record was gone when its turn came).",
+    ["result"],
+    registry=REGISTRY,
+)
+OUTBOUND_FAILURES = Counter(
+    "mwl_outbound_send_failures",
+    "Failed sends to the RIS, by kind (connect: refused, unreachable or TLS; timeout: no "
+    "reply within outbound.ack_timeout_s; dropped: the connection closed before the reply; "
+    "reject: AR/CR; invalid_reply: no MSA, an unknown MSA-1 or MSA-2 not our MSH-10).",
+    ["kind"],
+    registry=REGISTRY,
+)
 # -- SCP --------------------------------------------------------------------------------
 CFIND_REQUESTS = Counter(
     "mwl_cfind_requests",

@@ -249,6 +249,43 @@ class ScpSettings:
 
 
 @dataclass(frozen=True)
+class OutboundSettings:
+    """Procedure status back to the RIS over MLLP (off unless ``host`` is set)."""
+
+    #: The RIS's MLLP host for status messages (MPPS started/completed/discontinued);
+    #: empty = off (the default): the workers write no outbound messages and ``run``
+    #: starts no delivery process.
+    host: str = ""
+    #: The RIS's MLLP port.
+    port: int = 2576
+    #: Connect with TLS, verifying the RIS's certificate against ``tls_ca_file`` (empty =
+    #: the system CAs) and its host name against ``host``.
+    tls: bool = False
+    tls_ca_file: str = ""
+    #: Client certificate (PEM, may hold the key too) and key, for a RIS that requires one.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: TCP connect (and TLS handshake) timeout; a timeout is retried with backoff.
+    connect_timeout_s: float = 10.0
+    #: How long to wait for the RIS's reply (ACK, ORR, ORG, ...) after sending; no reply
+    #: in time is retried with backoff (same MSH-10: the RIS can tell a resend).
+    ack_timeout_s: float = 30.0
+    #: Sends of one message before it is dead-lettered (AR/CR, timeouts, connection
+    #: failures); AE/CE from the RIS dead-letters at once.
+    max_attempts: int = 30
+    #: Backoff before the first retry; it doubles per attempt up to ``retry_max_s``
+    #: (defaults: about 4 h of retries before a dead letter).
+    retry_initial_s: float = 5.0
+    retry_max_s: float = 600.0
+    #: An order whose next message has been due this long without a delivery job working
+    #: on it gets a new job from the delivery process's maintenance (a job lost between
+    #: the worker's write and its enqueue, or a delivery process killed mid-job).
+    sweep_after_s: float = 60.0
+    #: How long a delivered (or dead-lettered) outbound message's record is kept.
+    delivered_retention_s: int = 86400
+
+
+@dataclass(frozen=True)
 class ObservabilitySettings:
     """Logging, metrics and health endpoints."""
 
@@ -267,6 +304,7 @@ class Settings:
     mllp: MllpSettings = field(default_factory=MllpSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     scp: ScpSettings = field(default_factory=ScpSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
 
@@ -283,6 +321,8 @@ ENV_ALIASES: dict[str, str] = {
 }
 
 _PORT_KEYS = {"mllp.port", "scp.port", "obs.metrics_port"}
+#: Files of the outbound TLS settings: named only when ``outbound.tls`` is on.
+_OUTBOUND_TLS_FILES = ("tls_ca_file", "tls_cert_file", "tls_key_file")
 
 
 def _section_class(name: str) -> type:
@@ -291,6 +331,7 @@ def _section_class(name: str) -> type:
         "mllp": MllpSettings,
         "worker": WorkerSettings,
         "scp": ScpSettings,
+        "outbound": OutboundSettings,
         "obs": ObservabilitySettings,
     }.get(name)
     if cls is None:
@@ -382,10 +423,18 @@ def _validate(key: str, value: Any) -> None:
         raise ConfigError(key, f"{value} must not be negative")
     at_least_one = (
         "mllp.max_frame_bytes", "mllp.max_connections", "scp.max_associations",
-        "worker.batch_size", "worker.hygiene_batch_size",
+        "worker.batch_size", "worker.hygiene_batch_size", "outbound.max_attempts",
     )  # fmt: skip
     if key in at_least_one and value < 1:
         raise ConfigError(key, f"{value} must be at least 1")
+    if key == "outbound.port" and not 1 <= value <= 65535:
+        raise ConfigError(key, f"{value} is not a TCP port (1-65535)")
+    positive = (
+        "outbound.connect_timeout_s", "outbound.ack_timeout_s", "outbound.retry_initial_s",
+        "outbound.retry_max_s",
+    )  # fmt: skip
+    if key in positive and not value > 0:
+        raise ConfigError(key, f"{value} must be more than 0")
     if key == "scp.ae_title" and (not value.strip() or len(value) > 16 or "\\" in value):
         raise ConfigError(key, f"{value!r} is not a DICOM AE title (1-16 chars, no '\\')")
     if key == "redis.url" and value:
@@ -480,6 +529,7 @@ def load_settings(
             "mllp.default_charset is the default of both stages, so set that one (or "
             "mllp.sender_charsets per sender) and remove worker.default_charset",
         )
+    _check_outbound(settings.outbound)
     if settings.worker.final_order_retention_s < settings.mllp.dedupe_retention_s:
         # A resend accepted after the dedupe window must still meet the final record.
         raise ConfigError(
@@ -487,6 +537,23 @@ def load_settings(
             f"must be at least mllp.dedupe_retention_s ({settings.mllp.dedupe_retention_s})",
         )
     return settings
+
+
+def _check_outbound(out: OutboundSettings) -> None:
+    """The outbound settings that only make sense together."""
+    if not out.tls:
+        for name in _OUTBOUND_TLS_FILES:
+            if getattr(out, name):
+                # A CA or client certificate given without TLS would be silently unused and
+                # the status messages would go out in clear text.
+                raise ConfigError(f"outbound.{name}", "is set but outbound.tls is false")
+    if out.tls_key_file and not out.tls_cert_file:
+        raise ConfigError("outbound.tls_key_file", "is set without outbound.tls_cert_file")
+    if out.retry_max_s < out.retry_initial_s:
+        raise ConfigError(
+            "outbound.retry_max_s",
+            f"must be at least outbound.retry_initial_s ({out.retry_initial_s})",
+        )
 
 
 def _charset_key(name: str) -> str:

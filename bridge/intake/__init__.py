@@ -1,5 +1,6 @@
 """The durable write before every positive ACK (``submit``: raw bytes, metadata, ingest
-order, dedupe key and rq job in one transaction) and dead letters (``deadletter``).
+order, dedupe key and rq job in one transaction), dead letters (``deadletter``) and the
+outbound record layout with its delivery job named by string (``outbound``).
 
 Takes in: a message whose MSH was read. Hands on: a message id in the ingest line and
 an rq job that names the worker's entry point *by string* (no import of ``worker``).

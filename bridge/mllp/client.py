@@ -9,6 +9,11 @@ All messages go over one connection, one at a time: a message is sent only after
 previous ACK arrived, as MLLP requires. For each message the command prints MSH-10 and
 the ACK's MSA-1, MSA-2, MSA-3 and any ERR segment, and it exits 1 if any ACK is not
 AA/CA, is missing (timeout) or the connection fails.
+
+The same client delivers the procedure status messages to the RIS
+(``bridge.outbound.delivery``): :class:`MllpConnection` with separate connect and reply
+timeouts and optional mutual TLS, and :func:`parse_ack` for whatever reply comes back
+(ACK, ORR^O02, ORG^O20, OSR^Q06: MSA is read wherever it is, ERR in either layout).
 """
 
 from __future__ import annotations
@@ -69,33 +74,90 @@ def control_id(message: bytes) -> str:
 
 @dataclass
 class Ack:
+    """What a reply says: MSA-1 (``code``), MSA-2 (``control_id``: the MSH-10 it answers),
+    MSA-3, the ERR segments as received, and from the first ERR the table 0357 code and
+    the field it blames (``PID-3``), and the reply's own MSH-9."""
+
     code: str
     control_id: str
     text: str
     errors: list[str]
+    error_code: str = ""
+    error_location: str = ""
+    message_type: str = ""
 
     @property
     def positive(self) -> bool:
         return self.code in POSITIVE
 
 
+def _err_detail(err: bytes, sep: bytes, comp: bytes, sub: bytes) -> tuple[str, str]:
+    """(code, location) of one ERR segment. v2.5+: ERR-2 location ``SEG^seq^field``, ERR-3
+    code (CWE); before v2.5: ERR-1 ``SEG^seq^field^code&text&table`` (HL7 v2.5 2.15.5)."""
+    fields = err.split(sep)
+    if len(fields) > 3 and fields[3]:
+        code = fields[3].split(comp)[0]
+        where = fields[2].split(comp) if fields[2:3] else []
+    elif len(fields) > 1 and fields[1]:
+        parts = fields[1].split(comp)
+        code = parts[3].split(sub)[0] if len(parts) > 3 else b""
+        where = parts[:3]
+    else:
+        return "", ""
+    location = ""
+    if where and where[0]:
+        location = where[0].decode("latin-1")
+        if len(where) > 2 and where[2]:
+            location += "-" + where[2].decode("latin-1")
+    return code.decode("latin-1").strip(), location
+
+
 def parse_ack(message: bytes) -> Ack:
+    """The acknowledgement in any reply message: the MSA segment wherever it stands (an
+    ACK, or an ORR^O02 / ORG^O20 / OSR^Q06 with its order segments after it)."""
     segments = [s for s in re.split(rb"\r\n|\n|\r", message) if s]
-    sep = segments[0][3:4] if segments and segments[0].startswith(b"MSH") else b"|"
+    msh = segments[0] if segments and segments[0].startswith(b"MSH") else b""
+    sep = msh[3:4] or b"|"
+    encoding = msh.split(sep)[1] if msh.count(sep) > 1 else b"^~\\&"
+    comp, sub = encoding[0:1] or b"^", encoding[3:4] or b"&"
     msa = next((s for s in segments if s.startswith(b"MSA")), b"")
-    errors = [s.decode("latin-1") for s in segments if s.startswith(b"ERR")]
-    return Ack(_field(msa, sep, 1), _field(msa, sep, 2), _field(msa, sep, 3), errors)
+    err_segments = [s for s in segments if s.startswith(b"ERR")]
+    errors = [s.decode("latin-1") for s in err_segments]
+    code, location = _err_detail(err_segments[0], sep, comp, sub) if err_segments else ("", "")
+    return Ack(
+        _field(msa, sep, 1),
+        _field(msa, sep, 2),
+        _field(msa, sep, 3),
+        errors,
+        error_code=code,
+        error_location=location,
+        message_type=_field(msh, sep, 8).replace(comp.decode("latin-1"), "^") if msh else "",
+    )
 
 
 class MllpConnection:
-    """One client connection; :meth:`exchange` sends a message and reads its ACK."""
+    """One client connection; :meth:`exchange` sends a message and reads its ACK.
+
+    ``timeout_s`` bounds the wait for each reply; ``connect_timeout_s`` (default the
+    same) bounds the TCP connect and the TLS handshake. Failures are ``OSError``s
+    (``ssl.SSLError`` included) or ``TimeoutError``; the socket is closed on a failed
+    handshake."""
 
     def __init__(
-        self, host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self.timeout_s = timeout_s
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls else sock
+        sock = socket.create_connection((host, port), timeout=connect_timeout_s or timeout_s)
+        try:
+            self.sock = tls.wrap_socket(sock, server_hostname=host) if tls else sock
+        except BaseException:
+            sock.close()
+            raise
         self._buf = b""
 
     def exchange(self, message: bytes) -> bytes:
@@ -124,11 +186,14 @@ class MllpConnection:
         self.sock.close()
 
 
-def tls_context(ca_file: str | None, client_cert: str | None) -> ssl.SSLContext:
-    """Verifying client context: the given CA (else the system's), optional client cert."""
-    ctx = ssl.create_default_context(cafile=ca_file)
+def tls_context(
+    ca_file: str | None, client_cert: str | None, client_key: str | None = None
+) -> ssl.SSLContext:
+    """Verifying client context: the given CA (else the system's), optional client cert
+    (a PEM holding the key too, or with ``client_key``)."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
     if client_cert:
-        ctx.load_cert_chain(client_cert)
+        ctx.load_cert_chain(client_cert, client_key or None)
     return ctx
 
 

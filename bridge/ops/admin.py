@@ -11,7 +11,9 @@ the person on call needs to find an order. Nothing here logs patient data.
 
 ``worklist delete`` and ``purge`` write under the workers' apply lock
 (:mod:`bridge.ops.worklist_edit`); ``deadletter replay`` queues through the listener's
-own header gate and intake write (:mod:`bridge.intake.submit`).
+own header gate and intake write (:mod:`bridge.intake.submit`), or, for an outbound
+message (stage ``outbound``), back onto its order's line to the RIS
+(:mod:`bridge.outbound.deadletters`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ from typing import Any
 
 import redis
 
-from bridge.core.errors import ConfigError, StoreUnavailable
+from bridge.core.errors import ConfigError, PermanentError, StoreUnavailable
 from bridge.core.settings import Settings, mask_url
 from bridge.hl7.msh import MshError, read_msh
 from bridge.intake import deadletter
 from bridge.intake.submit import IntakeRecord, submit
 from bridge.mllp.gate import check_decodable, check_header
 from bridge.ops import worklist_edit
+from bridge.outbound import deadletters as outbound_letters
+from bridge.outbound import report as outbound_report
 from bridge.store import embedded_redis
 from bridge.store.connections import sync_client
 from bridge.store.item import WorklistItem, to_dataset
@@ -355,6 +359,8 @@ def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
         return _fail(f"Redis unavailable: {exc}")
     if letter is None:
         return _fail(f"no dead letter {args.dead_id}", EXIT_NOT_FOUND)
+    if letter.stage == outbound_letters.STAGE:
+        return _replay_outbound(client, keys, settings, letter, args)
     m = settings.mllp
     try:
         # The listener's charset decision too: the record carries it for the worker.
@@ -388,6 +394,37 @@ def deadletter_replay(settings: Settings, args: argparse.Namespace) -> int:
         _emit({"dead_id": letter.dead_id, "message_id": result.message_id}, True, "")
     else:
         print(f"replayed {letter.dead_id} as message {result.message_id}")
+    return 0
+
+
+def _replay_outbound(
+    client: redis.Redis,
+    keys: Keys,
+    settings: Settings,
+    letter: deadletter.DeadLetter,
+    args: argparse.Namespace,
+) -> int:
+    """An outbound message goes back to the RIS, not to the intake: a new record with the
+    same bytes (same MSH-10) at the tail of its order's line, and a delivery job. It is
+    sent after whatever the order sent since, so look at the order's history first."""
+    try:
+        message_id = outbound_letters.requeue(client, keys, settings.outbound, letter)
+        deadletter.drop(client, keys, letter.dead_id)
+    except PermanentError as exc:
+        return _fail(f"not replayed: {exc}", EXIT_REFUSED)
+    except (StoreUnavailable, redis.RedisError) as exc:
+        return _fail(f"Redis unavailable: {exc}")
+    if args.json:
+        _emit(
+            {"dead_id": letter.dead_id, "message_id": message_id, "stage": letter.stage},
+            True,
+            "",
+        )
+    else:
+        print(
+            f"replayed {letter.dead_id} as outbound message {message_id} "
+            f"(order {letter.meta.get('order', '')}, MSH-10 {letter.meta.get('control_id', '')})"
+        )
     return 0
 
 
@@ -445,8 +482,71 @@ def collect_status(
         },
         "deadletters": deadletter.count(client, keys),
         "hygiene": _hygiene_status(client, keys, settings),
+        "outbound": _outbound_status(client, keys, settings),
         "redis": info,
     }
+
+
+def _outbound_status(
+    client: redis.Redis, keys: Keys, settings: Settings | None
+) -> dict[str, Any]:
+    """Procedure status to the RIS: the backlog, what the delivery did, who delivers.
+    ``destination`` is the one the delivery process reported (it may run with another
+    configuration than this command), else this command's own."""
+    from rq import Queue, Worker
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+    now = time.time()
+    waiting = outbound_report.backlog(client, keys)
+    counts = outbound_report.stats(client, keys)
+    out = settings.outbound if settings is not None else None
+    destination, source = counts.pop("destination"), "delivery process"
+    tls = counts.pop("tls")
+    if destination is None and out is not None and out.host:
+        destination, source, tls = f"{out.host}:{out.port}", "this command", out.tls
+    queue = Queue(keys.outbound_queue_name(), connection=client)
+    return {
+        "enabled": bool(out.host) if out is not None else destination is not None,
+        "destination": destination,
+        "destination_source": source if destination else None,
+        "tls": tls,
+        "backlog": waiting.messages,
+        "orders": waiting.orders,
+        "oldest_age_s": round(waiting.oldest_age_s(now), 1),
+        "backlog_truncated": waiting.truncated,
+        **{k: counts[k] for k in outbound_report.COUNTERS},
+        "last_error": counts["last_error"],
+        "last_error_at": _iso(counts["last_error_at"]) if counts["last_error_at"] else None,
+        "last_delivered_at": (
+            _iso(counts["last_delivered_at"]) if counts["last_delivered_at"] else None
+        ),
+        "queue": {
+            "name": queue.name,
+            "depth": queue.count,
+            "scheduled": ScheduledJobRegistry(queue=queue).get_job_count(cleanup=False),
+            "failed": FailedJobRegistry(queue=queue).get_job_count(cleanup=False),
+        },
+        "workers": Worker.count(connection=client, queue=queue),
+    }
+
+
+def _outbound_text(o: dict[str, Any]) -> list[str]:
+    pad = " " * 13
+    if not o["destination"] and not o["backlog"] and not o["orders"]:
+        return ["Outbound     off (outbound.host is empty)"]
+    where = (o["destination"] or "no destination") + (" (TLS)" if o["tls"] else "")
+    state = "on" if o["enabled"] else "off in this command's settings"
+    lines = [
+        f"Outbound     to {where}, {state}: {o['backlog']} waiting in {o['orders']} order(s)"
+        + (f", oldest {_age(o['oldest_age_s'])}" if o["backlog"] else "")
+        + (" (first orders only)" if o["backlog_truncated"] else ""),
+        f"{pad}delivered {o['delivered']}, rejected {o['rejected']}, dead-lettered "
+        f"{o['dead_lettered']}, retried {o['retried']}, lost {o['lost']}; "
+        f"{o['workers']} delivery worker(s), {o['queue']['scheduled']} retries scheduled",
+    ]
+    if o["last_error"]:
+        lines.append(f"{pad}last failure {o['last_error']} at {o['last_error_at']}")
+    return lines
 
 
 def _hygiene_status(client: redis.Redis, keys: Keys, settings: Settings | None) -> dict[str, Any]:
@@ -466,6 +566,19 @@ def _span(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _age(seconds: float) -> str:
+    """An age for people: 42 → 42s, 312 → 5m12s, 11100 → 3h05m, 190000 → 2d04h."""
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _counts(by_status: dict[str, int]) -> str:
@@ -528,6 +641,7 @@ def _status_text(url: str, st: dict[str, Any]) -> str:
     lines.append(f"Items        {st['items']['total']} ({by_status or 'none'})")
     lines.append(f"Dead letters {st['deadletters']}")
     lines.extend(_hygiene_text(st["hygiene"]))
+    lines.extend(_outbound_text(st["outbound"]))
     lines.append("")
     lines.append(table([{"key": k, "value": v} for k, v in st["redis"].items()], ("key", "value")))
     return "\n".join(lines)

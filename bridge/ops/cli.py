@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "listen": "bridge.ops.roles:listen_command",
     "worker": "bridge.ops.roles:worker_command",
     "scp": "bridge.ops.roles:scp_command",
+    "outbound": "bridge.ops.roles:outbound_command",
     "send": "bridge.mllp.client:command",
     "find": "bridge.ops.find:command",
     "status": "bridge.ops.admin:status_command",
@@ -73,6 +74,10 @@ _SCP = {
     "--dicom-port": ("scp.port", {"help": "DICOM listen port (default 11112)"}),
     "--ae-title": ("scp.ae_title", {"help": "the SCP's AE title (default MWL_BRIDGE)"}),
 }
+_OUTBOUND = {
+    "--outbound-host": ("outbound.host", {"help": "the RIS's MLLP host for status messages"}),
+    "--outbound-port": ("outbound.port", {"help": "the RIS's MLLP port (default 2576)"}),
+}
 _METRICS = {
     "--metrics-port": ("obs.metrics_port", {"help": "Prometheus/health HTTP port (0 = off)"}),
 }
@@ -96,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     p = verbs.add_parser("run", help="start listener, workers and SCP in one process tree")
-    _add_settings_flags(p, _MLLP, _WORKER, _SCP, _METRICS)
+    _add_settings_flags(p, _MLLP, _WORKER, _SCP, _OUTBOUND, _METRICS)
     p = verbs.add_parser("listen", help="run only the MLLP listener")
     _add_settings_flags(p, _MLLP, _METRICS)
     p = verbs.add_parser("worker", help="run only an rq worker (parse, map, apply)")
@@ -104,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     p = verbs.add_parser("scp", help="run only the MWL C-FIND SCP")
     _add_settings_flags(p, _SCP, _METRICS)
+    p = verbs.add_parser(
+        "outbound", help="run only the delivery of procedure status messages to the RIS"
+    )
+    _add_settings_flags(p, _OUTBOUND, _METRICS)
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
 
     p = verbs.add_parser("send", help="send HL7 files over MLLP and print the ACKs")
     _add_settings_flags(p, _MLLP)

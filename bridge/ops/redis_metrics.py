@@ -1,15 +1,17 @@
 """The Redis side of ``/metrics`` and ``/readyz``: state read at scrape time.
 
 :class:`RedisCollector` reads queue depth, rq job states, workers alive, worklist items
-by status and dead letters from Redis whenever Prometheus scrapes (rq-exporter does not
-support rq 3, hence our own collector); :func:`serve` starts a role's HTTP endpoint
-(:class:`bridge.core.metrics.MetricsServer`) with it and a Redis readiness check.
+by status, dead letters and the outbound backlog from Redis whenever Prometheus scrapes
+(rq-exporter does not support rq 3, hence our own collector); :func:`serve` starts a
+role's HTTP endpoint (:class:`bridge.core.metrics.MetricsServer`) with it and a Redis
+readiness check.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +23,7 @@ from prometheus_client.registry import Collector
 from bridge.core import metrics
 from bridge.core.logs import fields
 from bridge.intake import deadletter
+from bridge.outbound import report as outbound_report
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import status_counts
 
@@ -116,6 +119,41 @@ class RedisCollector(Collector):
         dead = GaugeMetricFamily("mwl_deadletters", "Dead letters kept.")
         dead.add_metric([], deadletter.count(self._r, self._keys))
         yield dead
+
+        yield from self._outbound()
+
+    def _outbound(self) -> Iterator[GaugeMetricFamily]:
+        """Procedure status waiting for the RIS (bounded work: see outbound.report)."""
+        from rq import Queue, Worker
+
+        waiting = outbound_report.backlog(self._r, self._keys)
+        backlog = GaugeMetricFamily(
+            "mwl_outbound_backlog",
+            "Outbound HL7 messages (procedure status to the RIS) waiting to be delivered, "
+            "summed over the orders' lines.",
+        )
+        backlog.add_metric([], waiting.messages)
+        yield backlog
+        orders = GaugeMetricFamily(
+            "mwl_outbound_orders_waiting", "Orders with outbound messages waiting."
+        )
+        orders.add_metric([], waiting.orders)
+        yield orders
+        oldest = GaugeMetricFamily(
+            "mwl_outbound_oldest_age_seconds",
+            "Age of the oldest outbound message waiting (0 when none); alert when it grows "
+            "beyond a few retry intervals.",
+        )
+        oldest.add_metric([], waiting.oldest_age_s(time.time()))
+        yield oldest
+        name = self._keys.outbound_queue_name()
+        workers = GaugeMetricFamily(
+            "mwl_outbound_workers_alive", "rq workers registered on the outbound queue."
+        )
+        workers.add_metric(
+            [], Worker.count(connection=self._r, queue=Queue(name, connection=self._r))
+        )
+        yield workers
 
 
 def serve(

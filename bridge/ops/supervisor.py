@@ -7,7 +7,8 @@ What it does, in order:
    a durability gap logged at WARNING).
 2. It writes the merged settings (file + env + flags, Redis URL filled in) to a private
    TOML file and starts ``python -m bridge listen``, ``worker.workers`` times
-   ``python -m bridge worker`` and ``python -m bridge scp`` with ``--config`` pointing
+   ``python -m bridge worker``, ``python -m bridge outbound`` (only when
+   ``outbound.host`` is set) and ``python -m bridge scp`` with ``--config`` pointing
    at it; the ``MWL_BRIDGE_*`` variables are removed from the children's environment so
    every child sees exactly the supervisor's settings.
 3. It logs a banner (ports, AE title, Redis with the password masked, mapping file) and
@@ -209,11 +210,15 @@ def child_env(base: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in base.items() if not k.startswith(ENV_PREFIX) and k not in drop}
 
 
-def role_specs(config_path: Path, workers: int) -> list[ChildSpec]:
+def role_specs(config_path: Path, workers: int, outbound: bool = False) -> list[ChildSpec]:
+    """The children of ``run``; ``outbound`` adds the delivery of procedure status to the
+    RIS (one process: ``outbound.host`` is set)."""
     base = [sys.executable, "-m", "bridge"]
     cfg = ["--config", str(config_path)]
     specs = [ChildSpec("listener", [*base, "listen", *cfg])]
     specs += [ChildSpec(f"worker-{n}", [*base, "worker", *cfg]) for n in range(1, workers + 1)]
+    if outbound:
+        specs.append(ChildSpec("outbound", [*base, "outbound", *cfg]))
     specs.append(ChildSpec("scp", [*base, "scp", *cfg]))
     return specs
 
@@ -228,7 +233,7 @@ def _tcp_open(host: str, port: int) -> bool:
 
 
 def banner(settings: Settings, redis_desc: str, config: str, metrics_port: int | None) -> str:
-    m, s, w = settings.mllp, settings.scp, settings.worker
+    m, s, w, o = settings.mllp, settings.scp, settings.worker, settings.outbound
     mapping = w.mapping or "built-in IHE mapping (mappings/ihe-rad.yaml)"
     zone = localzone.resolve(w.local_timezone)
     lines = [
@@ -238,6 +243,8 @@ def banner(settings: Settings, redis_desc: str, config: str, metrics_port: int |
         + ")",
         f"  DICOM MWL SCP      {s.host}:{s.port}  AE title {s.ae_title}",
         f"  Workers            {w.workers}",
+        "  Status to the RIS  "
+        + (f"{o.host}:{o.port}" + (" (TLS)" if o.tls else "") if o.host else "off"),
         f"  Redis              {redis_desc}",
         f"  Mapping            {mapping}",
         f"  Time zone (DA/TM)  {zone.name} ({zone.source})",
@@ -308,7 +315,9 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                 multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]
 
         supervisor = Supervisor(
-            role_specs(config_path, settings.worker.workers), env=env, on_exit=mark_dead
+            role_specs(config_path, settings.worker.workers, bool(settings.outbound.host)),
+            env=env,
+            on_exit=mark_dead,
         )
         if metrics_dir is not None:
             server = _serve_metrics(settings, url, metrics_dir, supervisor, redis_server)
@@ -340,6 +349,11 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                 redis=mask_url(url),
                 embedded_redis=redis_server is not None,
                 mapping=settings.worker.mapping or "builtin",
+                outbound=(
+                    f"{settings.outbound.host}:{settings.outbound.port}"
+                    if settings.outbound.host
+                    else "off"
+                ),
             ),
         )
         supervisor.start()

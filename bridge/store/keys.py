@@ -149,6 +149,23 @@ class Keys:
         """rq queue name for outbound deliveries."""
         return f"{self.prefix}-outbound"
 
+    def outbound_lock(self, order_key: str) -> str:
+        """String lock (``SET NX PX`` with a random token): the delivery job sending this
+        order's messages, so one order has one message in flight at a time."""
+        return f"{self.prefix}:outlock:{order_key}"
+
+    @property
+    def outbound_stats(self) -> str:
+        """Hash: delivery counts (``delivered``, ``rejected``, ``dead_lettered``,
+        ``retried``), the last failure's kind and time, and the destination the delivery
+        process reported, for ``mwl-bridge status`` in another process."""
+        return f"{self.prefix}:outstats"
+
+    @property
+    def outbound_sweep_cursor(self) -> str:
+        """String: where the delivery sweep's ``SSCAN`` of ``outbound_pending`` continues."""
+        return f"{self.prefix}:outsweep"
+
     # -- liveness ----------------------------------------------------------------------
     def heartbeat(self, role: str, instance: str) -> str:
         """String with TTL: a running listener/worker/scp instance announces itself."""
