@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,9 +15,11 @@ from orm_builder import orm
 from worker_helpers import items, run
 
 from bridge.core import metrics
+from bridge.core.errors import ConfigError
 from bridge.core.settings import Settings, load_settings
 from bridge.intake.submit import INTERNAL_MPPS, queue_internal
 from bridge.store.keys import Keys
+from bridge.worker import rq_worker as workers
 
 UID = "1.2.826.0.1.3680043.2.1125.9.1"
 STUDY = "1.2.826.0.1.3680043.2.1125.1.1"
@@ -163,3 +166,88 @@ def test_mpps_after_a_ris_cancel_leaves_the_item_cancelled(
     mpps(redis_client, "IN PROGRESS", [ref()])
     work(redis_client, s)
     assert items(redis_client, s)[0].status == "CANCELED"
+
+
+# -- status messages back to the RIS (outbound.host set) ---------------------------------
+
+
+@pytest.fixture
+def out(redis_url: str) -> Settings:
+    return load_settings({"redis.url": redis_url, "worker.worker_class": "simple",
+                          "worker.local_timezone": "UTC", "outbound.host": "127.0.0.1",
+                          "outbound.port": 9}, env={})  # fmt: skip
+
+
+def sent(client: redis.Redis) -> list[dict[str, str]]:
+    """The outbound records of every order, in line order: ORC-5 and the OBR-20s."""
+    keys = Keys()
+    messages = []
+    for order in sorted(o.decode() for o in client.smembers(keys.outbound_pending)):
+        for mid in client.lrange(keys.outbound_queue(order), 0, -1):
+            record = client.hgetall(keys.outbound(mid.decode()))
+            segments = record[b"raw"].decode().split("\r")
+            orc = next(s for s in segments if s.startswith("ORC|")).split("|")
+            obrs = [s.split("|") for s in segments if s.startswith("OBR|")]
+            msh = segments[0].split("|")
+            assert (record[b"state"], record[b"control_id"].decode()) == (b"pending", msh[9])
+            messages.append({"order": order, "ORC-5": orc[5],
+                             "SPS": ",".join(obr[20] for obr in obrs)})  # fmt: skip
+    return messages
+
+
+def test_status_messages_follow_the_order_status(redis_client: redis.Redis, out: Settings) -> None:
+    run(redis_client, out, two_procedures())
+    assert sent(redis_client) == []  # an order from the RIS is not echoed
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    work(redis_client, out)
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP"]
+    mpps(redis_client, "COMPLETED", [ref()])
+    work(redis_client, out)
+    # One SPS done, one still scheduled: the order stays IP, so nothing new goes out.
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP"]
+    mpps(redis_client, "IN PROGRESS", [ref("RP2", "SPS2", acc="ACC2")], uid="1.2.3.9")
+    mpps(redis_client, "COMPLETED", [ref("RP2", "SPS2", acc="ACC2")], uid="1.2.3.9")
+    work(redis_client, out)
+    messages = sent(redis_client)
+    assert [m["ORC-5"] for m in messages] == ["IP", "CM"]
+    assert messages[-1]["SPS"] == "SPS1,SPS2"  # one OBR per procedure step of the order
+    # RIS changes afterwards are the RIS's own: never sent back to it.
+    run(redis_client, out, orm(control="XO", status="", control_id="X9"))
+    assert len(sent(redis_client)) == 2
+
+
+def test_all_discontinued_is_dc_and_the_message_is_escaped(
+    redis_client: redis.Redis, out: Settings
+) -> None:
+    run(redis_client, out, orm(control_id="N1", patient_name="O\\T\\Brien^Mary"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    mpps(redis_client, "DISCONTINUED", [ref()])
+    work(redis_client, out)
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP", "DC"]
+    keys = Keys()
+    (order,) = (o.decode() for o in redis_client.smembers(keys.outbound_pending))
+    first = redis_client.lindex(keys.outbound_queue(order), 0).decode()
+    raw = redis_client.hget(keys.outbound(first), "raw").decode()
+    assert "|O\\T\\Brien^Mary\r" in raw  # HL7-escaped, XPN component order
+
+
+def test_no_outbound_host_writes_no_status_messages(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    work(redis_client, s)
+    assert items(redis_client, s)[0].status == "STARTED"
+    assert redis_client.scard(Keys().outbound_pending) == 0
+
+
+def test_outbound_without_a_template_is_a_config_error(
+    redis_client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("extends: default\nstatus_messages: null\n")
+    s = load_settings({"redis.url": redis_url, "outbound.host": "127.0.0.1",
+                       "worker.mapping": str(site)}, env={})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"outbound\.host") as err:
+        workers.install(s, redis_client)
+    assert "status_messages" in str(err.value)

@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -22,10 +23,11 @@ from redis.commands.core import Script
 
 from bridge.core import metrics
 from bridge.core.codes import Hl7Error
-from bridge.core.errors import TransientError
+from bridge.core.errors import StoreUnavailable, TransientError
 from bridge.core.logs import fields, log_failure
-from bridge.core.settings import WorkerSettings
+from bridge.core.settings import OutboundSettings, WorkerSettings
 from bridge.intake import deadletter
+from bridge.intake.outbound import OutboundRecord, enqueue_delivery
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import batch_doc
 from bridge.worker import migrations
@@ -71,6 +73,19 @@ def _order_names(result: MappingResult) -> set[str]:
     return {a for group in result.groups for a in order_aliases(result.scope, group)}
 
 
+@dataclass(frozen=True)
+class Planned:
+    """One message's part of a run: what the finalize script writes for it."""
+
+    verdict: str
+    batch: dict[str, Any] | None = None
+    states: dict[str, tuple[dict[str, str], int]] = field(default_factory=dict)
+    orders: set[str] = field(default_factory=set)
+    records: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    #: Outbound HL7 messages for the finalize script (its "o" records).
+    outbound: list[dict[str, Any]] = field(default_factory=list)
+
+
 class LockLost(TransientError):
     """The apply lock expired while we held it; another worker continues the line."""
 
@@ -82,6 +97,8 @@ class RunApply:
     keys: Keys
     settings: WorkerSettings
     planner: Planner
+    #: Where status messages go (``outbound.host`` set), else None: none are written.
+    outbound: OutboundSettings | None
     applier: BackgroundApplier | None
     _drain_lock: threading.Lock
     _acquire: Script
@@ -158,6 +175,7 @@ class RunApply:
                         applied += len(entries)
                         for records in logs:
                             emit_logs(records)
+                        self._deliver([o for e in entries for o in e.get("o") or ()])
                     held = status != 2  # 2 = released by the finalize script
                     if status < 0:
                         break
@@ -201,14 +219,15 @@ class RunApply:
                     break
                 if isinstance(decoded, Exception):
                     verdict = self._apply_failed(head, decoded)  # dead-lettered, then popped
-                    batch, states, orders, records = None, {}, set(), []
+                    planned = Planned(verdict=verdict)
                 elif result is None:  # rejected when parsed (dead-lettered then)
                     code = int(doc.get("code") or Hl7Error.INTERNAL_ERROR)
-                    verdict = verdict_json(code, str(doc.get("location") or ""),
-                                           str(doc.get("reason") or ""))  # fmt: skip
-                    batch, states, orders, records = None, {}, set(), []
+                    planned = Planned(verdict=verdict_json(
+                        code, str(doc.get("location") or ""), str(doc.get("reason") or "")
+                    ))  # fmt: skip
                 else:
-                    batch, states, orders, records, verdict = self._plan(head, result, seq + n)
+                    planned = self._plan(head, result, seq + n)
+                orders = planned.orders
                 if entries and orders & taken:
                     # Aliases that resolve to an order planned earlier (e.g. placer only,
                     # then filler only): plan it again in the next run, on the new state.
@@ -218,36 +237,28 @@ class RunApply:
                 entries.append(
                     {
                         "h": head,
-                        "s": [[key, d, ttl] for key, (d, ttl) in states.items()],
-                        "b": batch or False,
-                        "v": verdict,
+                        "s": [[key, d, ttl] for key, (d, ttl) in planned.states.items()],
+                        "b": planned.batch or False,
+                        "v": planned.verdict,
                         "r": self.keys.result(head) if waiting else False,
+                        "o": planned.outbound,
                     }
                 )
-                logs.append(records)
+                logs.append(planned.records)
                 if alone:
                     break  # the messages after it see what it wrote
         finally:
             self.planner.read_ahead([])  # stale once the run is written
         return entries, logs
 
-    def _plan(
-        self, head: str, result: MappingResult, seq: int
-    ) -> tuple[
-        dict[str, Any] | None,
-        dict[str, tuple[dict[str, str], int]],
-        set[str],
-        list[tuple[int, str, dict[str, Any]]],
-        str,
-    ]:
-        """(item batch for the finalize script or None, order states, order names, log
-        records, application-ACK verdict)."""
+    def _plan(self, head: str, result: MappingResult, seq: int) -> Planned:
+        """What the finalize script writes for one mapped message (or its dead letter)."""
         try:
             plan = self.planner.plan(result, self.clock(), seq)
         except (TransientError, redis.RedisError):
             raise
         except Exception as exc:
-            return None, {}, set(), [], self._apply_failed(head, exc)
+            return Planned(verdict=self._apply_failed(head, exc))
         if plan.reject is not None:
             code, location, reason = plan.reject
             self._dead_letter_at_apply(head, code, location, reason)
@@ -258,10 +269,42 @@ class RunApply:
                     fields(code=int(code), location=location, anomaly=_REJECT_ANOMALY),
                 )
             ]
-            return None, {}, plan.orders, records, verdict_json(code, location, reason)
-        batch = batch_doc(self.keys, plan.upserts.values(), expire_at=plan.expire_at)
-        verdict = verdict_json(*plan.verdict) if plan.verdict else verdict_json()
-        return batch, plan.order_states, plan.orders, plan.logs, verdict
+            return Planned(verdict_json(code, location, reason), orders=plan.orders,
+                           records=records)  # fmt: skip
+        return Planned(
+            verdict_json(*plan.verdict) if plan.verdict else verdict_json(),
+            batch=batch_doc(self.keys, plan.upserts.values(), expire_at=plan.expire_at),
+            states=plan.order_states,
+            orders=plan.orders,
+            records=plan.logs,
+            outbound=[self._outbound_doc(o) for o in plan.outbound],
+        )
+
+    def _outbound_doc(self, record: OutboundRecord) -> dict[str, Any]:
+        """An outbound message as the finalize script writes it (see its header)."""
+        return {
+            "k": self.keys.outbound(record.msg_id),
+            "q": self.keys.outbound_queue(record.order),
+            "p": self.keys.outbound_pending,
+            "id": record.msg_id,
+            "order": record.order,
+            "f": {k: v.decode("utf-8") if isinstance(v, bytes) else v
+                  for k, v in record.to_hash().items()},
+        }  # fmt: skip
+
+    def _deliver(self, outbound: list[dict[str, Any]]) -> None:
+        """Hand written outbound messages to delivery. Best effort: the records are
+        durable already, and the delivery's sweep queues any order whose job was never
+        queued (a worker killed here, Redis gone for a moment)."""
+        if not outbound or self.outbound is None:
+            return
+        for record in outbound:
+            try:
+                enqueue_delivery(self.r, self.keys, self.outbound, record["order"], record["id"])
+            except StoreUnavailable as exc:
+                log.warning("outbound.enqueue_failed",
+                            extra=fields(control_id=record["f"]["control_id"],
+                                         error=type(exc.__cause__).__name__))  # fmt: skip
 
     def _apply_failed(self, head: str, exc: Exception) -> str:
         """Never let one bad outcome block every later order: dead-letter and advance;

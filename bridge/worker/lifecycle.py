@@ -54,6 +54,7 @@ from bridge.core import metrics
 from bridge.core.codes import FINAL_SPS_STATUSES, Hl7Error, SpsStatus
 from bridge.core.logs import fields
 from bridge.core.settings import WorkerSettings
+from bridge.intake.outbound import OutboundRecord
 from bridge.store.item import SPS, WorklistItem
 from bridge.store.keys import Keys
 from bridge.store.worklist_store import WorklistStore
@@ -65,6 +66,8 @@ from bridge.worker.mapping.apply import (
     PatientEvent,
     order_aliases,
 )
+from bridge.worker.mapping.schema import StatusTemplate
+from bridge.worker.status_messages import order_status, render
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ class Plan:
     #: The message must be dead-lettered instead (code, location, reason): nothing of
     #: this plan is written.
     reject: tuple[Hl7Error, str, str] | None = None
+    #: Outbound HL7 messages to the RIS, written with the plan and delivered by the
+    #: outbound stage.
+    outbound: list[OutboundRecord] = field(default_factory=list)
 
 
 def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
@@ -207,6 +213,9 @@ class Planner:
         self._read_ahead: dict[str, tuple[dict[bytes, bytes], list[str]]] = {}
         #: "<issuer>|<patient id>" → the merge record (``keys.patient``), read ahead too.
         self._patients: dict[str, dict[bytes, bytes]] = {}
+        #: The mapping's ``status_messages`` template when procedure status goes back to
+        #: the RIS (``outbound.host`` set; set by the worker's install), else None.
+        self.status_template: StatusTemplate | None = None
 
     def plan(self, result: MappingResult, now: float, seq: int = 0) -> Plan:
         """What ``result`` changes; reads Redis (or what read_ahead read), writes nothing."""
@@ -505,6 +514,8 @@ class Planner:
             else:
                 plan.expire_at.pop(iid, None)
             changed.append(it)
+        if changed and self.status_template is not None:
+            self._status_back(plan, changed, now)
         outcome = "unscheduled" if unscheduled else "linked" if linked else "unlinked"
         record = {
             "items": json.dumps(linked),
@@ -521,6 +532,37 @@ class Planner:
             plan.logs.append((logging.WARNING, "mpps.patient_mismatch",
                               fields(**what, items=",".join(mismatch),
                                      mpps_mismatch=len(mismatch))))  # fmt: skip
+
+    def _status_back(self, plan: Plan, changed: list[WorklistItem], now: float) -> None:
+        """Queue a status message for each order whose status (ORC-5, from all its
+        items) a modality's report changed (:mod:`bridge.worker.status_messages`)."""
+        assert self.status_template is not None
+        for order_key in sorted({it.order_key for it in changed if it.order_key}):
+            ids = set(self.store.ids_for("order", order_key))
+            ids |= {i for i, it in plan.upserts.items() if it.order_key == order_key}
+            stored = {it.item_id: it for it in self.store.load(sorted(ids - set(plan.upserts)))}
+            items = sorted(
+                (plan.upserts.get(i) or stored[i] for i in ids if i in plan.upserts or i in stored),
+                key=lambda it: (int(it.extra.get("obr") or 0), it.item_id),
+            )
+            status = order_status(items)
+            sent = self.r.hget(self.keys.order(order_key), "out_status")
+            if not status or (sent and sent.decode() == status):
+                continue
+            first = items[0].attrs
+            control_id, raw = render(
+                self.status_template, items,
+                str(first.get("PlacerOrderNumberImagingServiceRequest") or ""),
+                str(first.get("FillerOrderNumberImagingServiceRequest") or ""), status, now,
+            )  # fmt: skip
+            plan.outbound.append(OutboundRecord(raw, order_key, control_id,
+                                                self.status_template.message_type, now))
+            state_key = self.keys.order(order_key)
+            fields_, ttl = plan.order_states.get(state_key, ({}, -1))
+            plan.order_states[state_key] = ({**fields_, "out_status": status}, ttl)
+            plan.logs.append((logging.INFO, "outbound.queued",
+                              fields(order=order_key, control_id=control_id,
+                                     order_status=status)))  # fmt: skip
 
     def _order_ids(self, order: str) -> list[str]:
         """Item ids of an order, from the ones read with the order states when possible

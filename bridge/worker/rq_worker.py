@@ -116,6 +116,15 @@ def install(
     hygiene = Hygiene(client, keys, store, settings.worker)
     ctx = WorkerContext(settings, client, keys, store, mappings, None, hygiene, clock)  # type: ignore[arg-type]
     ctx.sequencer = Sequencer(client, keys, store, settings.worker, ctx.parse, clock)
+    if settings.outbound.host:
+        # Status messages follow the default mapping's template: an MPPS has no sender
+        # whose mapping could apply, and there is one RIS to tell.
+        template = mappings.default.status_messages
+        if template is None:
+            raise ConfigError("outbound.host", "is set but the mapping file has no "
+                              "status_messages section (see mappings/ihe-rad.yaml)")  # fmt: skip
+        ctx.sequencer.planner.status_template = template
+        ctx.sequencer.outbound = settings.outbound
     # Before the first message is applied: a store written by an earlier release is
     # brought to this release's layout (once, under the apply lock; if another worker
     # holds it, the first apply does it: acquire.lua refuses an old layout).

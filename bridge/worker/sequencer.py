@@ -79,6 +79,7 @@ class Sequencer(BatchParse, RunApply, HeadRecovery):
         self.settings = settings
         self.parse_fn = parse
         self.planner = Planner(client, keys, store, settings)
+        self.outbound = None  # install() sets it when status messages go to a RIS
         self._acquire = lua.register(client, "worker", "acquire")
         self._release_peek = lua.register(client, "worker", "release_peek")
         self._finalize = lua.register(client, "worker", "finalize")

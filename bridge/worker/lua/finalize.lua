@@ -12,12 +12,17 @@
 -- ARGV[7]  the run as JSON, in line order: [{"h": message id,
 --          "s": [[hash key, {field: value}, ttl s (0 = persist, <0 = leave as is)], ...],
 --          "b": item batch (store.worklist_store.batch_doc) or false,
---          "v": the application-ACK verdict (JSON), "r": result:<id> key or false}, ...]
+--          "v": the application-ACK verdict (JSON), "r": result:<id> key or false,
+--          "o": outbound HL7 messages [{"k": out:<id>, "q": outq:<order>,
+--               "p": outpending, "id": message id, "order": order key,
+--               "f": {field: value}}, ...]}, ...]
 -- ARGV[8]  TTL in s of a pushed verdict
 -- Guarantees: nothing is written unless we still hold the lock (-1) and the run is
 -- still the head of the line (-2). Then, per message in order: its items, the pop, its
 -- parsed outcome deleted, its hash marked applied with its verdict (kept ARGV[2] s, for
--- audit and to answer a resend), its order states, and the verdict pushed to whoever
+-- audit and to answer a resend), its order states, its outbound messages (the record,
+-- its place at the tail of the order's line, the order marked pending: a status
+-- message exists exactly when the change that caused it does), and the verdict pushed to whoever
 -- waits for it (application-ACK mode): AA goes out only once the items are written. The next run is read in the same call; with none, the lock is released here,
 -- atomically with that check, so a worker storing an outcome afterwards finds it free.
 -- Returns {status, next head or false, next run, its seq}: 1 = the next run is parsed
@@ -47,6 +52,11 @@ for _, e in ipairs(entries) do
     elseif st[3] == 0 then
       redis.call('PERSIST', st[1])
     end
+  end
+  for _, o in ipairs(e.o or {}) do
+    for k, v in pairs(o.f) do redis.call('HSET', o.k, k, v) end
+    redis.call('RPUSH', o.q, o.id)
+    redis.call('SADD', o.p, o.order)
   end
 end
 local run, seq = parsed_run(KEYS[2], KEYS[3], ARGV[4], tonumber(ARGV[6]))

@@ -36,6 +36,7 @@ from bridge.worker.mapping.schema import (
     PatientRules,
     Rule,
     Source,
+    StatusTemplate,
 )
 
 #: The shipped mappings, by the name a site file ``extends:`` (or ``worker.mapping`` names):
@@ -53,7 +54,9 @@ VR_MAX = {"AE": 16, "AS": 4, "CS": 16, "DA": 8, "DS": 16, "IS": 12, "LO": 64, "L
           "PN": 64, "SH": 16, "ST": 1024, "TM": 16, "UI": 64, "US": 5}  # fmt: skip
 
 _TOP_KEYS = {"extends", "description", "vars", "tables", "lifecycle", "attributes", "one_of",
-             "worklist", "order_scope", "patient"}  # fmt: skip
+             "worklist", "order_scope", "patient", "status_messages"}  # fmt: skip
+_STATUS_KEYS = {"version", "type", "sending_application", "sending_facility",
+                "receiving_application", "receiving_facility", "segments", "per_item"}  # fmt: skip
 #: Top-level keys of earlier releases that are no longer honoured, and what replaces them.
 _MOVED_KEYS = {
     # The listener decides the charset at ACK time and cannot see mapping files: a
@@ -243,11 +246,61 @@ def _build(doc: Located, chain: list[str]) -> Mapping:
         mapping.one_of.append(names)
 
     mapping.patient = _patient(doc, mapping)
+    mapping.status_messages = _status_messages(doc)
 
     if doc.data.get("worklist") is not None:
         # After the attributes, so its sources may be any @Keyword (e.g. the station AE).
         mapping.worklist = _rule(doc, WORKLIST_LABEL, doc.data["worklist"], mapping, vr="AE")
     return mapping
+
+
+def _status_messages(doc: Located) -> StatusTemplate | None:
+    """The ``status_messages`` template, its segments checked (three-letter segment
+    names, known placeholders); None when the file has none."""
+    spec = doc.data.get("status_messages")
+    if spec is None:
+        return None
+    if not isinstance(spec, Located):
+        raise _err(doc, "status_messages", "must be a mapping (version, type, segments, ...)")
+    for k in spec.data:
+        if k not in _STATUS_KEYS:
+            raise _err(spec, k, f"unknown key; allowed: {', '.join(sorted(_STATUS_KEYS))}")
+    version = str(spec.data.get("version") or "2.3.1")
+    if not re.fullmatch(r"2\.\d(\.\d)?", version):
+        raise _err(spec, "version", "an HL7 version like 2.3.1 or 2.5.1")
+    default_type = "OMG^O19" if version >= "2.5" else "ORM^O01"
+    message_type = str(spec.data.get("type") or default_type)
+    if message_type not in ("ORM^O01", "OMG^O19", "OMI^O23"):
+        raise _err(spec, "type", "allowed: ORM^O01, OMG^O19, OMI^O23")
+    lines: dict[str, tuple[str, ...]] = {}
+    for key in ("segments", "per_item"):
+        raw = spec.data.get(key) or []
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise _err(spec, key, "must be a list of segment templates (strings)")
+        for line in raw:
+            if not re.fullmatch(r"[A-Z][A-Z0-9]{2}\|.*", line) or line.startswith("MSH"):
+                raise _err(spec, key, f"{line[:20]!r}... is not a segment (MSH is built)")
+            for name in re.findall(r"\{([^}|]*)(?:\|xpn)?\}", line):
+                base = name.split(".")[1 if name.startswith("SPS.") else 0]
+                if name not in ("placer", "filler", "order_status", "now", "n") and (
+                    base not in keyword_dict
+                ):
+                    raise _err(spec, key, f"unknown placeholder {{{name}}}")
+        lines[key] = tuple(raw)
+
+    def text(key: str, default: str) -> str:
+        return str(spec.data.get(key) if spec.data.get(key) is not None else default)
+
+    return StatusTemplate(
+        version=version,
+        message_type=message_type,
+        sending_application=text("sending_application", "MWL_BRIDGE"),
+        sending_facility=text("sending_facility", ""),
+        receiving_application=text("receiving_application", ""),
+        receiving_facility=text("receiving_facility", ""),
+        segments=lines["segments"],
+        per_item=lines["per_item"],
+    )
 
 
 def _patient(doc: Located, mapping: Mapping) -> PatientRules:

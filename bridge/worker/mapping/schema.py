@@ -129,6 +129,24 @@ class PatientRules:
     events: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StatusTemplate:
+    """The ``status_messages`` section: the HL7 message sent to the RIS when a modality
+    reports a procedure started, completed or discontinued (``outbound.host`` set)."""
+
+    version: str = "2.3.1"
+    #: MSH-9; default ORM^O01 for v2.3.x/2.4, OMG^O19 from v2.5.
+    message_type: str = "ORM^O01"
+    sending_application: str = "MWL_BRIDGE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    #: Segments after MSH, filled from the order and its first item.
+    segments: tuple[str, ...] = ()
+    #: Segments repeated for each item (SPS) of the order.
+    per_item: tuple[str, ...] = ()
+
+
 @dataclass
 class Mapping:
     path: str
@@ -148,5 +166,7 @@ class Mapping:
     order_scope: str = "global"
     #: ADT handling (``patient`` section).
     patient: PatientRules = field(default_factory=PatientRules)
+    #: Procedure status back to the RIS (``status_messages`` section); None = none.
+    status_messages: StatusTemplate | None = None
     #: Which files this mapping was built from, base first.
     chain: list[str] = field(default_factory=list)
