@@ -44,6 +44,8 @@ class FakeRis:
         self.received: list[Received] = []
         self.applied: list[str] = []
         self.script: dict[str, list[str]] = {}
+        #: How to answer the tries of a control id with no script of its own.
+        self.default: list[str] = []
         self.tries: Counter[str] = Counter()
         self.connections = 0
         self.server = asyncio.run_coroutine_threadsafe(self._start(tls), self.loop).result(10)
@@ -89,7 +91,7 @@ class FakeRis:
                     ))  # fmt: skip
                     try_no = self.tries[ctl]
                     self.tries[ctl] += 1
-                    plan = self.script.get(ctl, [])
+                    plan = self.script.get(ctl, self.default)
                     reply = plan[try_no] if try_no < len(plan) else "AA"
                     if reply in ("AA", "ORR", "ORG", "drop") and ctl not in self.applied:
                         self.applied.append(ctl)  # a RIS applies each MSH-10 once

@@ -6,16 +6,14 @@ IPC, IHE RAD-4 v2.5.1 option; 4.4.1 OMG^O19) and ``tests/samples/adt/*.hl7``."""
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
-import pydicom
 import pytest
 import redis
+from interop_clients import FINDSCU, findscu, mllp_send
 from mllp_harness import StartFn
 from orm_builder import orm
-from scp_support import StartScp, dcmtk
+from scp_support import StartScp
 
 from bridge.core.settings import Settings, load_settings
 from bridge.intake import deadletter
@@ -23,34 +21,7 @@ from bridge.store.keys import Keys
 from bridge.worker import rq_worker as workers
 
 SAMPLES = Path(__file__).parent / "samples"
-FINDSCU = dcmtk("findscu")
 pytestmark = pytest.mark.skipif(not FINDSCU, reason="DCMTK not installed")
-
-
-def mllp_send(port: int, path: Path, tmp: Path) -> str:
-    """python-hl7's console script (MLLP-framed file), the reply text."""
-    script = Path(sys.executable).parent / "mllp_send"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "hl7.client"]
-    framed = tmp / (path.name + ".mllp")
-    framed.write_bytes(b"\x0b" + path.read_bytes() + b"\x1c\r")
-    out = subprocess.run([*cmd, "--port", str(port), "--file", str(framed), "127.0.0.1"],
-                         capture_output=True, timeout=60, check=True)  # fmt: skip
-    return out.stdout.decode("latin-1").replace("\n", "\r")
-
-
-def findscu(port: int, tmp: Path, *keys: str) -> list[pydicom.Dataset]:
-    out = tmp / f"rsp{len(list(tmp.glob('q*')))}"
-    out.mkdir()
-    (tmp / f"q{out.name}").touch()
-    args = [FINDSCU, "-W", "-aet", "MODALITY1", "-aec", "MWL_BRIDGE", "-X", "-od", str(out)]
-    for k in ("PatientName", "PatientID", "AccessionNumber", "RequestedProcedureID",
-              "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
-              "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
-              "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStatus",
-              "CurrentPatientLocation", *keys):  # fmt: skip
-        args += ["-k", k]
-    subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, timeout=60, check=True)
-    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
 
 
 def work(client: redis.Redis, settings: Settings) -> None:
