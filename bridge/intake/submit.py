@@ -167,15 +167,7 @@ def submit(
                     pipe.hset(keys.message(message_id), mapping=record.to_hash())  # type: ignore[arg-type]
                     pipe.rpush(keys.ingest_order, message_id)
                     pipe.set(dedupe_key, f"{digest}|{message_id}", ex=dedupe_ttl_s or None)
-                    queue.enqueue_call(
-                        JOB_FUNC,
-                        args=(message_id,),
-                        job_id=f"{JOB_ID_PREFIX}{message_id}",
-                        retry=Retry(max=max_retries, interval=RETRY_INTERVALS_S),
-                        result_ttl=RESULT_TTL_S,
-                        failure_ttl=FAILURE_TTL_S,
-                        pipeline=pipe,
-                    )
+                    _enqueue(queue, pipe, message_id, max_retries)
                     pipe.execute()
                     return SubmitResult(SubmitKind.NEW, message_id)
                 except redis.WatchError:
@@ -238,7 +230,13 @@ def queue_internal(
     # the pipeline in MULTI mode, that INFO and a GET were queued into the transaction
     # and the version parse failed. A client on the pipeline's pool answers it outside.
     client = redis.Redis(connection_pool=pipe.connection_pool)
-    Queue(keys.queue_name(), connection=client).enqueue_call(
+    _enqueue(Queue(keys.queue_name(), connection=client), pipe, message_id, max_retries)
+    return message_id
+
+
+def _enqueue(queue: Queue, pipe: redis.client.Pipeline, message_id: str, max_retries: int) -> None:
+    """The ingest job of ``message_id``, queued inside ``pipe``'s transaction."""
+    queue.enqueue_call(
         JOB_FUNC,
         args=(message_id,),
         job_id=f"{JOB_ID_PREFIX}{message_id}",
@@ -247,7 +245,6 @@ def queue_internal(
         failure_ttl=FAILURE_TTL_S,
         pipeline=pipe,
     )
-    return message_id
 
 
 @dataclass(frozen=True)
