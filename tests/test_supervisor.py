@@ -118,7 +118,8 @@ def test_run_starts_embedded_redis_and_leaves_nothing_behind(tmp_path: Path) -> 
         assert wait_for(lambda: "Stop with Ctrl-C" in run.text(), 30), run.text()
         banner = run.text()
         assert f"HL7 MLLP listener  127.0.0.1:{run.mllp_port}" in banner
-        assert f"DICOM MWL SCP      127.0.0.1:{run.dicom_port}  AE title MWL_BRIDGE" in banner
+        assert (f"DICOM SCP          127.0.0.1:{run.dicom_port}  AE title MWL_BRIDGE  "
+                "(MWL C-FIND, MPPS)") in banner
         assert f"embedded unix://{run.data_dir}/redis.sock" in banner
         assert "AOF always" in banner and "Workers            2" in banner
         assert "Time zone (DA/TM)  " in banner

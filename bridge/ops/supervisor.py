@@ -241,7 +241,7 @@ def banner(settings: Settings, redis_desc: str, config: str, metrics_port: int |
         f"  HL7 MLLP listener  {m.host}:{m.port}  (ack mode {m.ack_mode}"
         + (", TLS" if m.tls_cert_file else "")
         + ")",
-        f"  DICOM MWL SCP      {s.host}:{s.port}  AE title {s.ae_title}",
+        f"  DICOM SCP          {s.host}:{s.port}  AE title {s.ae_title}  (MWL C-FIND, MPPS)",
         f"  Workers            {w.workers}",
         "  Status to the RIS  "
         + (f"{o.host}:{o.port}" + (" (TLS)" if o.tls else "") if o.host else "off"),
