@@ -23,6 +23,7 @@ from bridge.worker import rq_worker as workers
 
 UID = "1.2.826.0.1.3680043.2.1125.9.1"
 STUDY = "1.2.826.0.1.3680043.2.1125.1.1"
+H = 3600.0
 
 
 @pytest.fixture
@@ -43,12 +44,13 @@ def mpps(
     uid: str = UID,
     reason: str = "",
     patient_id: str = "12345",
+    issuer: str = "HOSP",
 ) -> str:
     """Queue an MPPS change exactly as the SCP does (its instance hash included)."""
     keys = Keys()
     payload = {"kind": "mpps", "uid": uid, "event": "set", "status": status,
                "reason_code": reason, "refs": refs, "PatientID": patient_id,
-               "IssuerOfPatientID": "HOSP", "calling_ae": "CT1", "at": time.time()}  # fmt: skip
+               "IssuerOfPatientID": issuer, "calling_ae": "CT1", "at": time.time()}  # fmt: skip
     pipe = client.pipeline(transaction=True)
     pipe.multi()
     pipe.hset(keys.mpps(uid), mapping={"status": status, "refs": json.dumps(refs)})
@@ -251,3 +253,140 @@ def test_outbound_without_a_template_is_a_config_error(
     with pytest.raises(ConfigError, match=r"outbound\.host") as err:
         workers.install(s, redis_client)
     assert "status_messages" in str(err.value)
+
+
+# -- a reused order number inherits the old exam's MPPS status ----------------------
+def test_reused_order_number_is_scheduled_not_left_completed(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1", orc9="20260105080000"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    mpps(redis_client, "COMPLETED", [ref()])
+    work(redis_client, s)
+    # The RIS closes the order (SC/CM = final:COMPLETED), months later reuses the number.
+    run(redis_client, s, orm(control="SC", status="CM", control_id="S1", orc9="20260105090000"))
+    run(redis_client, s, orm(control_id="N2", orc9="20260705080000", patient_name="NEW^NORA"))
+    (item,) = items(redis_client, s)
+    assert item.attrs["PatientName"].startswith("NEW^NORA")
+    assert item.status == "SCHEDULED"
+
+
+# -- out_status survives a reused order number: the new exam's IP is never sent -------
+def test_reused_order_number_gets_its_own_status_messages(
+    redis_client: redis.Redis, out: Settings
+) -> None:
+    run(redis_client, out, orm(control_id="N1", orc9="20260105080000"))
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.1")
+    work(redis_client, out)
+    run(redis_client, out, orm(control="CA", status="CA", control_id="C1", orc9="20260105090000"))
+    run(redis_client, out, orm(control_id="N2", orc9="20260705080000"))
+    assert items(redis_client, out)[0].status == "SCHEDULED"
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.2")
+    work(redis_client, out)
+    assert items(redis_client, out)[0].status == "STARTED"
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP", "IP"]
+
+
+# -- the workers' HSET re-creates an expired MPPS instance, without a TTL -------------
+def test_mpps_applied_after_the_instance_expired_leaves_no_orphan(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    redis_client.delete(Keys().mpps(UID))  # expired (or replayed later)
+    work(redis_client, s)
+    assert items(redis_client, s)[0].status == "STARTED"
+    key = Keys().mpps(UID)
+    # No instance re-created from the workers' fields alone (no TTL, no attributes: the
+    # SCP would answer 0111 to an N-CREATE of that UID and mpps show could not read it).
+    assert not redis_client.exists(key) or redis_client.ttl(key) > 0
+
+
+# -- an unscheduled reference beside a scheduled one is linked by accession ------------
+def test_unscheduled_ref_in_a_mixed_mpps_changes_nothing(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, two_procedures())
+    mpps(redis_client, "IN PROGRESS", [ref(), ref(rpid="", spsid="", suid="", acc="ACC2")])
+    work(redis_client, s)
+    assert statuses(redis_client, s) == {"SPS1": "STARTED", "SPS2": "SCHEDULED"}
+
+
+# -- an older MPPS's final status overrides the newer one's COMPLETED -----------------
+def test_older_mpps_discontinued_after_newer_completed(
+    redis_client: redis.Redis, out: Settings
+) -> None:
+    run(redis_client, out, orm(control_id="N1"))
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.1")
+    mpps(redis_client, "IN PROGRESS", [ref()], uid="1.2.3.2")  # appended
+    mpps(redis_client, "COMPLETED", [ref()], uid="1.2.3.2")
+    mpps(redis_client, "DISCONTINUED", [ref()], uid="1.2.3.1")  # the abandoned first one
+    work(redis_client, out)
+    assert items(redis_client, out)[0].status == "COMPLETED"
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP", "CM"]
+
+
+# -- idle timeout: planned on the raw item, not ris_view ------------------------------
+def test_idle_discontinued_sibling_does_not_complete_the_order(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    o = load_settings({"redis.url": redis_url, "worker.worker_class": "simple",
+                       "worker.local_timezone": "UTC", "outbound.host": "127.0.0.1",
+                       "outbound.port": 9, "worker.idle_scheduled_after_h": 36,
+                       "worker.idle_action": "discontinue",
+                       "worker.retention_discontinued_s": 7 * 86400}, env={})  # fmt: skip
+    t0 = float(int(time.time()))
+    run(redis_client, o, two_procedures(), clock=lambda: t0)
+    mpps(redis_client, "IN PROGRESS", [ref()])
+    run(redis_client, o, clock=lambda: t0 + 60)
+    assert workers.maintenance(workers.context(), now=t0 + 36 * H).idle  # SPS2 idle
+    assert statuses(redis_client, o) == {"SPS1": "STARTED", "SPS2": "DISCONTINUED"}
+    mpps(redis_client, "COMPLETED", [ref()])
+    run(redis_client, o, clock=lambda: t0 + 37 * H)
+    # For the RIS SPS2 is still SCHEDULED (the timeout is the bridge's own hygiene):
+    # the order is in progress, not complete.
+    assert [m["ORC-5"] for m in sent(redis_client)] == ["IP"]
+
+
+def test_mpps_on_an_idle_discontinued_item_is_applied(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    o = load_settings({"redis.url": redis_url, "worker.worker_class": "simple",
+                       "worker.local_timezone": "UTC", "worker.idle_scheduled_after_h": 36,
+                       "worker.idle_action": "discontinue",
+                       "worker.retention_discontinued_s": 7 * 86400}, env={})  # fmt: skip
+    t0 = float(int(time.time()))
+    run(redis_client, o, orm(control_id="N1"), clock=lambda: t0)
+    assert workers.maintenance(workers.context(), now=t0 + 36 * H).idle
+    mpps(redis_client, "IN PROGRESS", [ref()])  # the modality had it from an earlier query
+    run(redis_client, o, clock=lambda: t0 + 36 * H + 60)
+    assert items(redis_client, o)[0].status == "STARTED"
+
+
+def test_an_mpps_outcome_is_unreadable_as_an_order() -> None:
+    """Rolling upgrade: a worker of an earlier release that meets an MPPS outcome stored by
+    this one must fail to read it (a dead letter, replayable) rather than apply it as an
+    empty order and acknowledge it; earlier releases iterate ``groups``."""
+    from bridge.worker.mapping.apply import MappingResult
+    from bridge.worker.rq_worker import _mpps_result
+
+    payload = {"kind": "mpps", "uid": UID, "event": "create", "status": "IN PROGRESS",
+               "reason_code": "", "refs": [ref()], "PatientID": "1", "IssuerOfPatientID": "",
+               "calling_ae": "CT1", "at": 0.0}  # fmt: skip
+    result = _mpps_result(json.dumps(payload).encode())
+    stored = json.loads(json.dumps(result.to_dict()))
+    assert stored["groups"] is None
+    with pytest.raises(TypeError):
+        [g for g in stored["groups"]]  # what an earlier release's from_dict does
+    assert MappingResult.from_dict(stored).mpps == result.mpps  # this release reads it
+
+
+def test_the_same_id_under_another_issuer_is_flagged(
+    redis_client: redis.Redis, s: Settings
+) -> None:
+    run(redis_client, s, orm(control_id="N1"))  # 12345 issued by HOSP
+    mpps(redis_client, "IN PROGRESS", [ref()], issuer="OTHER_HOSPITAL")
+    work(redis_client, s)
+    (item,) = items(redis_client, s)
+    assert item.status == "STARTED"  # linked and applied all the same
+    assert json.loads(redis_client.hget(Keys().mpps(UID), "patient_mismatch")) == [item.item_id]

@@ -100,6 +100,15 @@ class Plan:
     outbound: list[OutboundRecord] = field(default_factory=list)
 
 
+def _other_patient(ev: MppsEvent, item: WorklistItem) -> bool:
+    """The MPPS names another patient than the item: another Patient ID, or the same ID
+    under another issuer (only when both sides name one)."""
+    pid, issuer = item.attrs.get("PatientID") or "", item.attrs.get("IssuerOfPatientID") or ""
+    if ev.patient_id and pid and pid != ev.patient_id:
+        return True
+    return bool(ev.issuer and issuer and issuer != ev.issuer)
+
+
 def emit_logs(records: list[tuple[int, str, dict[str, Any]]]) -> None:
     """Log what a written plan did (``Plan.logs``) and count its order anomalies: only
     once the plan is written are they true."""
@@ -483,6 +492,8 @@ class Planner:
         linked: list[str] = []
         if not unscheduled:
             for ref in ev.refs:
+                if not ref.get("ScheduledProcedureStepID") and not ref.get("RequestedProcedureID"):
+                    continue  # an unscheduled step beside scheduled ones links nothing
                 linked += [i for i in self._linked(ref) if i not in linked]
         items = [plan.upserts.get(i) for i in linked]
         loaded = {it.item_id: it for it in self.store.load([i for i in linked
@@ -493,13 +504,20 @@ class Planner:
             it = staged or loaded.get(iid)
             if it is None or target is None:
                 continue
-            if ev.patient_id and it.attrs.get("PatientID") not in (None, "", ev.patient_id):
+            if _other_patient(ev, it):
                 mismatch.append(iid)
+            it = ris_view(it)  # the idle timeout's status is the bridge's, not the RIS's
             if it.status in FINAL_SPS_STATUSES and not it.extra.get("mpps"):
                 plan.logs.append((logging.WARNING, "mpps.item_final",
                                   fields(**what, item=iid, status=it.status)))  # fmt: skip
                 continue
-            it = ris_view(it)
+            holder = (it.extra.get("mpps") or {}).get("uid")
+            if ev.status != "IN PROGRESS" and holder and holder != ev.uid:
+                # A later MPPS took the step over (append case): this older one's end does
+                # not change it.
+                plan.logs.append((logging.INFO, "mpps.superseded",
+                                  fields(**what, item=iid, by=holder)))  # fmt: skip
+                continue
             if back:
                 it.sps[STATUS_KEY] = SpsStatus.SCHEDULED.value
                 it.extra.pop("mpps", None)
@@ -524,7 +542,8 @@ class Planner:
             "applied_status": (SpsStatus.SCHEDULED.value if back else target or ""),
             "applied_at": repr(now),
         }
-        plan.order_states[self.keys.mpps(ev.uid)] = (record, -1)  # keep the SCP's TTL
+        # Onto the SCP's instance only (-2: skipped when it expired), its TTL kept.
+        plan.order_states[self.keys.mpps(ev.uid)] = (record, -2)
         plan.events.append(f"mpps:{outcome}:{len(changed)}")
         plan.logs.append((logging.INFO, f"mpps.{outcome}",
                           fields(**what, items=len(changed), mpps_outcome=outcome)))  # fmt: skip
@@ -540,7 +559,8 @@ class Planner:
         for order_key in sorted({it.order_key for it in changed if it.order_key}):
             ids = set(self.store.ids_for("order", order_key))
             ids |= {i for i, it in plan.upserts.items() if it.order_key == order_key}
-            stored = {it.item_id: it for it in self.store.load(sorted(ids - set(plan.upserts)))}
+            stored = {it.item_id: ris_view(it)
+                      for it in self.store.load(sorted(ids - set(plan.upserts)))}
             items = sorted(
                 (plan.upserts.get(i) or stored[i] for i in ids if i in plan.upserts or i in stored),
                 key=lambda it: (int(it.extra.get("obr") or 0), it.item_id),
@@ -627,6 +647,7 @@ class Planner:
         seq: int,
     ) -> None:
         action, status = group.action, group.status
+        reused = False
         event = fields(action=action, control=group.control, order_status=group.order_status)
         what = event["fields"]
 
@@ -660,7 +681,9 @@ class Planner:
             # A later NW with the number of a finished order: the RIS reused it.
             note(logging.INFO, "order.number_reused", "reused_number_new", final=final)
             # The old record ends here (fields are overwritten, not deleted, in Redis).
-            state.update(final="", final_txn="", tombstone="", hidden="", status="")
+            state.update(final="", final_txn="", tombstone="", hidden="", status="",
+                         out_status="")
+            reused = True
         elif action != "create" and not known:
             plan.verdict = (
                 Hl7Error.UNKNOWN_KEY,
@@ -717,6 +740,8 @@ class Planner:
                     )  # fmt: skip
                     continue
                 item.extra["obr"] = n
+                if reused:
+                    item.extra.pop("mpps", None)  # the old exam's MPPS is not this one's
                 if _mpps_holds(item, group):
                     pass  # the modality reported it: only CA, DC or OC may change it
                 elif status:

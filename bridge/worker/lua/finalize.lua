@@ -10,7 +10,7 @@
 -- ARGV[3]  lock TTL in ms      ARGV[4]  parsed:<id> prefix  ARGV[5]  msg:<id> prefix
 -- ARGV[6]  run limit (messages) for the next run
 -- ARGV[7]  the run as JSON, in line order: [{"h": message id,
---          "s": [[hash key, {field: value}, ttl s (0 = persist, <0 = leave as is)], ...],
+--          "s": [[hash key, {field: value}, ttl s (0 = persist, -1 = leave as is, -2 = as is and only if it exists)], ...],
 --          "b": item batch (store.worklist_store.batch_doc) or false,
 --          "v": the application-ACK verdict (JSON), "r": result:<id> key or false,
 --          "o": outbound HL7 messages [{"k": out:<id>, "q": outq:<order>,
@@ -46,11 +46,14 @@ for _, e in ipairs(entries) do
     redis.call('EXPIRE', e.r, ARGV[8])
   end
   for _, st in ipairs(e.s) do
-    for k, v in pairs(st[2]) do redis.call('HSET', st[1], k, v) end
-    if st[3] > 0 then
-      redis.call('EXPIRE', st[1], st[3])
-    elseif st[3] == 0 then
-      redis.call('PERSIST', st[1])
+    -- -2: only onto a hash that exists (an MPPS instance the SCP may have expired)
+    if st[3] ~= -2 or redis.call('EXISTS', st[1]) == 1 then
+      for k, v in pairs(st[2]) do redis.call('HSET', st[1], k, v) end
+      if st[3] > 0 then
+        redis.call('EXPIRE', st[1], st[3])
+      elseif st[3] == 0 then
+        redis.call('PERSIST', st[1])
+      end
     end
   end
   for _, o in ipairs(e.o or {}) do

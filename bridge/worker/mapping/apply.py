@@ -165,7 +165,11 @@ class MappingResult:
         # values are JSON-ready already, so a shallow conversion is enough.
         return {
             "sender": self.sender,
-            "groups": [{**vars(g), "items": [dict(vars(i)) for i in g.items]} for g in self.groups],
+            # An MPPS outcome has no groups: None (not []) so that a worker of an earlier
+            # release, which would apply it as an empty order and AA it, fails to read it
+            # and dead-letters it (replayable) instead.
+            "groups": None if self.mpps is not None else
+                      [{**vars(g), "items": [dict(vars(i)) for i in g.items]} for g in self.groups],
             "warnings": self.warnings,
             "charset": self.charset,
             "version": self.version,
@@ -182,7 +186,7 @@ class MappingResult:
     def from_dict(cls, data: dict[str, Any]) -> MappingResult:
         groups = [
             MappedGroup(**{**g, "items": [MappedItem(**i) for i in g["items"]]})
-            for g in data["groups"]
+            for g in data["groups"] or ()
         ]
         # An outcome parsed by a release before order_scope was scoped by its sender.
         scope = data["scope"] if "scope" in data else data["sender"]
