@@ -11,19 +11,17 @@ shows they carry no such field on the wire.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from js_support import NODE, js_script
 from scp_support import StartScp
 
 from bridge.store.keys import Keys
 
-JS_DIR = Path(__file__).parent / "js"
-NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 KEYS = Keys()
 UID = "1.2.826.0.1.3680043.2.1125.9.77"
@@ -63,14 +61,7 @@ FINAL = {
 
 @pytest.fixture(scope="module")
 def js_mpps() -> Path:
-    """tests/js with its node_modules (``npm ci`` from the lock file if missing)."""
-    if not (JS_DIR / "node_modules" / "dcmjs-dimse").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "node is installed but npm is not"
-        subprocess.run(
-            [npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300
-        )
-    return JS_DIR / "mpps.js"
+    return js_script("mpps.js")
 
 
 def js_steps(script: Path, port: int, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:

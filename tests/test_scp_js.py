@@ -4,32 +4,23 @@ dcmjs-dimse (``createWorklistFindRequest``), run by node from ``tests/js``."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from js_support import NODE, js_script
 from mwl_items import make_item
 from scp_support import StartScp
 
 from bridge.store.worklist_store import WorklistStore
 
-JS_DIR = Path(__file__).parent / "js"
-NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
 @pytest.fixture(scope="module")
 def js_scu() -> Path:
-    """tests/js with its node_modules (``npm ci`` from the lock file if missing)."""
-    if not (JS_DIR / "node_modules" / "dcmjs-dimse").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "node is installed but npm is not"
-        subprocess.run(
-            [npm, "ci", "--silent", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, timeout=300
-        )
-    return JS_DIR / "worklist_find.js"
+    return js_script("worklist_find.js")
 
 
 def js_find(script: Path, port: int, query: dict[str, Any], calling: str = "JSSCU") -> Any:
