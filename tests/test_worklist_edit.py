@@ -92,7 +92,7 @@ def test_a_delete_whose_lock_expired_writes_nothing_and_frees_nobody_elses_lock(
     with worklist_edit.apply_lock(redis_client, keys, ttl_s=30) as token:
         redis_client.set(keys.apply_lock, "a-worker-took-over")  # ours expired meanwhile
         with pytest.raises(FenceLost):
-            worklist_edit.delete_items(redis_client, store, [item], token)
+            worklist_edit.delete_items(store, [item], token, 86400)
     assert store.get(item.item_id) is not None
     assert state_of(redis_client, keys, canonical) != []
     assert redis_client.get(keys.apply_lock) == b"a-worker-took-over"  # not released by us

@@ -201,7 +201,9 @@ def _locked_delete(
         ) as token:
             ids = select(store)
             items = list(store.load(ids))
-            return ids, worklist_edit.delete_items(client, store, items, token)
+            return ids, worklist_edit.delete_items(
+                store, items, token, settings.worker.final_order_retention_s
+            )
     except worklist_edit.LockBusy as exc:
         return _fail(str(exc))
     except FenceLost:

@@ -9,15 +9,14 @@ with a token of our own), the delete happens between two runs, never inside one;
 write is fenced by our token like a worker's, and the lock is released only while it is
 still ours.
 
-What a delete removes: the items with their index entries (one fenced store write),
-then the state of every order the delete left without items — its state hash
-(``keys.order(item.order_key)``) and every alias hash whose ``canonical`` field names
-it — in one fenced script that deletes only while the order's index is still empty. A
-state hash with no items would otherwise stay forever (the workers persist it while the
-order has items) and keep the order "known" to later messages. The record of a
-finished order (``final`` set) is kept: it expires on its own
-(``worker.final_order_retention_s``) and is what stops a late or resent NW from bringing
-a cancelled order back to the worklist.
+What a delete removes, in one fenced script (the workers' purge, ``store_remove.lua``):
+the items with their index entries, and the state of every order the delete left without
+items — its state hash (``keys.order(item.order_key)``) and the alias hashes it lists
+that still point to it — deleted only while the order's index is still empty. A state
+hash with no items would otherwise stay forever (the workers persist it while the order
+has items) and keep the order "known" to later messages. The record of a finished order
+(``final`` set) is kept: it expires after ``worker.final_order_retention_s`` and is what
+stops a late or resent NW from bringing a cancelled order back to the worklist.
 
 A worker that stored an outcome while we held the lock found it busy and left; the next
 worker maintenance step (every ``worker.maintenance_interval_s``) applies the parsed
@@ -26,7 +25,6 @@ head, or the next message's job does.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -39,7 +37,7 @@ from bridge.core.errors import StoreUnavailable, TransientError
 from bridge.store import lua
 from bridge.store.item import WorklistItem
 from bridge.store.keys import Keys
-from bridge.store.worklist_store import FenceLost, WorklistStore
+from bridge.store.worklist_store import OrderRelease, WorklistStore
 
 #: How long a delete waits for the workers to release the apply lock by default. The
 #: workers hold it for one run at a time (milliseconds), but keep renewing it while a
@@ -47,7 +45,6 @@ from bridge.store.worklist_store import FenceLost, WorklistStore
 LOCK_WAIT_S = 10.0
 _RETRY_FIRST_S = 0.01
 _RETRY_MAX_S = 0.2
-_SCAN_CHUNK = 1000
 
 
 class LockBusy(TransientError):
@@ -94,65 +91,14 @@ def apply_lock(
 
 
 def delete_items(
-    client: redis.Redis, store: WorklistStore, items: Iterable[WorklistItem], token: str
+    store: WorklistStore, items: Iterable[WorklistItem], token: str, final_ttl_s: int
 ) -> Deleted:
-    """Delete ``items`` and the state of the orders left without items, fenced by the
-    apply lock ``token`` (:class:`~bridge.store.worklist_store.FenceLost` when it is no
-    longer ours: nothing of that step was written)."""
-    keys = store.keys
+    """Delete ``items`` and settle the state of the orders left without items, in one
+    call fenced by the apply lock ``token`` (:class:`~bridge.store.worklist_store.FenceLost`
+    when it is no longer ours: nothing was written). The workers' purge does the same
+    (``store/lua/store_remove.lua``): an open order's state and aliases go at once, a
+    finished order's record stays for ``final_ttl_s`` (when it has no TTL yet)."""
     items = list(items)
-    fence = (keys.apply_lock, token)
-    n = store.apply(deletes=[it.item_id for it in items], fence=fence)
-    orders = {it.order_key for it in items if it.order_key}
-    return Deleted(items=n, order_states=_drop_empty_orders(client, keys, orders, token))
-
-
-def _drop_empty_orders(client: redis.Redis, keys: Keys, orders: set[str], token: str) -> int:
-    try:
-        pipe = client.pipeline(transaction=False)
-        ordered = sorted(orders)
-        for order in ordered:
-            pipe.scard(keys.index("order", order))
-            pipe.hget(keys.order(order), "final")
-        replies = pipe.execute()
-        empty = {
-            order
-            for order, count, final in zip(ordered, replies[0::2], replies[1::2], strict=True)
-            if count == 0 and not final
-        }
-        if not empty:
-            return 0
-        hashes = _state_hashes(client, keys, empty)
-        groups = [[keys.index("order", o), sorted(hashes[o])] for o in sorted(empty)]
-        script = lua.register(client, "store", "drop_empty_orders")
-        deleted = int(script(keys=[keys.apply_lock], args=[token, json.dumps(groups)]))
-    except redis.RedisError as exc:
-        raise StoreUnavailable(f"order state cleanup failed: {exc}") from exc
-    if deleted < 0:
-        raise FenceLost("the apply lock was lost before the order states were removed")
-    return deleted
-
-
-def _state_hashes(client: redis.Redis, keys: Keys, orders: set[str]) -> dict[str, set[str]]:
-    """Per order: its state hash and every alias hash pointing to it (``canonical``).
-    Aliases are found by their field, not by their key's format, so any order identity
-    scheme works; one SCAN of the order hashes per delete."""
-    out = {order: {keys.order(order)} for order in orders}
-    batch: list[bytes] = []
-
-    def look(names: list[bytes]) -> None:
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.hget(name, "canonical")
-        for name, canonical in zip(names, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(canonical, bytes) and canonical.decode() in out:
-                out[canonical.decode()].add(name.decode())
-
-    for name in client.scan_iter(match=keys.order("*"), count=_SCAN_CHUNK):
-        batch.append(name)
-        if len(batch) >= _SCAN_CHUNK:
-            look(batch)
-            batch = []
-    if batch:
-        look(batch)
-    return out
+    release = OrderRelease(tuple(it.order_key for it in items if it.order_key), final_ttl_s, 0)
+    removed = store.remove([it.item_id for it in items], (store.keys.apply_lock, token), release)
+    return Deleted(items=removed.items, order_states=removed.order_states)
